@@ -1,0 +1,1 @@
+"""PixelRNN experiment pipeline."""

@@ -1,0 +1,116 @@
+"""The one LSTM recurrence shared by the Row LSTM and the Diagonal BiLSTM (section 3.1-3.2).
+
+Both layers precompute their input-to-state term for the whole map, then scan it one step at a
+time (rows for the Row LSTM, skewed columns for the Diagonal LSTM). Each step is a single batched
+matrix product: the k state-to-state taps of every position are gathered into one (k*h)-wide row,
+and all directions of a bidirectional layer share one `baddbmm`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def lstm_cell(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
+    """One LSTM update: sigmoid on the o, f, i gates, tanh on the content gate g.
+
+    Args:
+        gates: (..., 4h) pre-activations ordered [o, f, i, g].
+        c_prev: (..., h) previous cell state.
+
+    Returns:
+        (h, c): new hidden and cell state, each (..., h).
+    """
+    hidden = c_prev.shape[-1]
+    output_gate, forget_gate, input_gate = torch.sigmoid(gates[..., : 3 * hidden]).chunk(3, -1)
+    content = torch.tanh(gates[..., 3 * hidden :])
+    c = forget_gate * c_prev + input_gate * content
+    return output_gate * torch.tanh(c), c
+
+
+class ConvLSTMScan(nn.Module):
+    """LSTM over the T axis of a precomputed input-to-state map; the state-to-state conv
+    (kernel k, zero padding `pad`) slides over the L axis of the previous step's state.
+
+    Args:
+        hidden: h, hidden channels per direction.
+        kernel: k, taps of the state-to-state convolution.
+        pad: (left, right) zero padding of the state before the convolution.
+        directions: independent recurrences scanned together (2 for the BiLSTM).
+        learn_initial_state: learn h_0 and c_0 (one vector per direction) instead of zeros.
+    """
+
+    def __init__(
+        self,
+        hidden: int,
+        kernel: int,
+        pad: tuple[int, int],
+        directions: int = 1,
+        learn_initial_state: bool = False,
+    ):
+        super().__init__()
+        if pad[0] + pad[1] != kernel - 1:
+            raise ValueError(f"padding {pad} does not keep the length for a kernel of {kernel}")
+        self.hidden, self.kernel, self.pad = hidden, kernel, pad
+        # Laid out like a Conv1d weight per direction: (D, 4h, h, k).
+        self.state_to_state = nn.Parameter(torch.empty(directions, 4 * hidden, hidden, kernel))
+        bound = 1.0 / (hidden * kernel) ** 0.5
+        nn.init.uniform_(self.state_to_state, -bound, bound)
+        if learn_initial_state:
+            self.initial_hidden = nn.Parameter(torch.zeros(directions, hidden))
+            self.initial_cell = nn.Parameter(torch.zeros(directions, hidden))
+        else:
+            self.initial_hidden = self.initial_cell = None
+
+    def initial_state(self, batch: int, length: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        """(h_0, c_0), each (D, N, L, h)."""
+        directions = self.state_to_state.shape[0]
+        shape = (directions, batch, length, self.hidden)
+        if self.initial_hidden is None:
+            zeros = like.new_zeros(shape)
+            return zeros, zeros
+        expand = (directions, 1, 1, self.hidden)
+        return (
+            self.initial_hidden.view(expand).expand(shape).to(like.dtype),
+            self.initial_cell.view(expand).expand(shape).to(like.dtype),
+        )
+
+    def state_to_state_matrix(self, dtype: torch.dtype) -> Tensor:
+        """The state-to-state weight as (D, k*h, 4h), rows ordered (channel, tap)."""
+        directions = self.state_to_state.shape[0]
+        return (
+            self.state_to_state.reshape(directions, 4 * self.hidden, -1).transpose(1, 2).to(dtype)
+        )
+
+    def step(
+        self, input_gates: Tensor, h: Tensor, c: Tensor, weight: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """One scan step.
+
+        Args:
+            input_gates: (D, N, L, 4h) input-to-state term of this step.
+            h, c: (D, N, L, h) state of the previous step.
+            weight: (D, k*h, 4h) from `state_to_state_matrix`.
+
+        Returns:
+            (h, c) of this step, each (D, N, L, h).
+        """
+        D, N, L, _ = h.shape
+        padded = F.pad(h, (0, 0, *self.pad))  # (D, N, L+k-1, h)
+        taps = padded.unfold(2, self.kernel, 1).reshape(D, N * L, -1)  # (D, N*L, h*k)
+        gates = torch.baddbmm(input_gates.reshape(D, N * L, -1), taps, weight)  # (D, N*L, 4h)
+        h, c = lstm_cell(gates, c.reshape(D, N * L, -1))
+        return h.view(D, N, L, -1), c.view(D, N, L, -1)
+
+    def forward(self, input_to_state: Tensor) -> Tensor:
+        """(D, T, N, L, 4h) -> hidden states (D, T, N, L, h)."""
+        _, T, N, L, _ = input_to_state.shape
+        weight = self.state_to_state_matrix(input_to_state.dtype)
+        h, c = self.initial_state(N, L, input_to_state)
+        outputs = []
+        for t in range(T):
+            h, c = self.step(input_to_state[:, t], h, c, weight)
+            outputs.append(h)
+        return torch.stack(outputs, dim=1)

@@ -1,0 +1,76 @@
+"""The full PixelRNN / PixelCNN network (van den Oord et al. 2016, sections 3.4-3.5, figure 4).
+
+7x7 mask-A convolution -> L layers (Row LSTM, Diagonal BiLSTM or PixelCNN blocks) on a 2h-wide
+residual stream -> learnable skip connections -> two ReLU + 1x1 mask-B layers -> a `levels`-way
+softmax per sub-pixel, R -> G -> B.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pixelrnn_model.config import ModelConfig
+from pixelrnn_model.diagonal_lstm import DiagonalBiLSTM
+from pixelrnn_model.masked_conv import MaskedConv2d
+from pixelrnn_model.pixelcnn import PixelCNNBlock
+from pixelrnn_model.row_lstm import RowLSTM
+
+
+def make_layer(cfg: ModelConfig) -> nn.Module:
+    """One (B, 2h, H, W) -> (B, 2h, H, W) layer of the configured type."""
+    width, hidden, colours = 2 * cfg.hidden_channels, cfg.hidden_channels, cfg.channels
+    if cfg.layer == "row_lstm":
+        return RowLSTM(width, hidden, colours, cfg.row_kernel, cfg.learn_initial_state)
+    if cfg.layer == "diagonal_bilstm":
+        return DiagonalBiLSTM(width, hidden, colours, cfg.learn_initial_state)
+    return PixelCNNBlock(width, hidden, colours, cfg.pixelcnn_kernel)
+
+
+class PixelRNN(nn.Module):
+    """Autoregressive image model over raster order and R -> G -> B within a pixel.
+
+    Args:
+        cfg: the architecture.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        width, colours = 2 * cfg.hidden_channels, cfg.channels
+        self.input_conv = MaskedConv2d(colours, width, cfg.first_kernel, colours, "A")
+        self.layers = nn.ModuleList(make_layer(cfg) for _ in range(cfg.num_layers))
+        self.skips = nn.ModuleList(
+            MaskedConv2d(width, width, 1, colours, "B")
+            for _ in range(cfg.num_layers if cfg.skip else 0)
+        )
+        self.head_hidden = MaskedConv2d(width, cfg.head_channels, 1, colours, "B")
+        self.head_output = MaskedConv2d(cfg.head_channels, colours * cfg.levels, 1, colours, "B")
+
+    def features(self, pixels: Tensor) -> Tensor:
+        """int64 (B, C, H, W) in [0, levels) -> scaled float (B, C, H, W) in [-1, 1]."""
+        scale = 2.0 / (self.config.levels - 1)
+        return pixels.to(self.input_conv.weight.dtype) * scale - 1.0
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        """Logits of every sub-pixel given the ones before it.
+
+        Args:
+            pixels: int64 (B, C, H, W) in [0, levels).
+
+        Returns:
+            logits (B, levels, C, H, W).
+        """
+        B, C, H, W = pixels.shape
+        x = self.input_conv(self.features(pixels))  # (B, 2h, H, W)
+        skip_sum = None
+        for index, layer in enumerate(self.layers):
+            out = layer(x)
+            x = x + out if self.config.residual else out
+            if self.config.skip:
+                skipped = self.skips[index](x)
+                skip_sum = skipped if skip_sum is None else skip_sum + skipped
+        features = skip_sum if self.config.skip else x
+        hidden = self.head_hidden(F.relu(features))  # (B, head, H, W)
+        logits = self.head_output(F.relu(hidden))  # (B, C*levels, H, W), grouped by colour
+        return logits.view(B, C, self.config.levels, H, W).transpose(1, 2)

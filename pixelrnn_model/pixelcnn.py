@@ -1,0 +1,31 @@
+"""PixelCNN residual block (van den Oord et al. 2016, sections 3.3 and 3.5, figure 5)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pixelrnn_model.masked_conv import MaskedConv2d
+
+
+class PixelCNNBlock(nn.Module):
+    """ReLU -> 1x1 (2h -> h) -> ReLU -> kxk mask B (h -> h) -> ReLU -> 1x1 (h -> 2h).
+
+    Args:
+        channels: residual stream width 2h.
+        hidden: h.
+        colours: image channels C.
+        kernel: size of the masked convolution.
+    """
+
+    def __init__(self, channels: int, hidden: int, colours: int, kernel: int):
+        super().__init__()
+        self.reduce = MaskedConv2d(channels, hidden, 1, colours, "B")
+        self.conv = MaskedConv2d(hidden, hidden, kernel, colours, "B")
+        self.output = MaskedConv2d(hidden, channels, 1, colours, "B")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, 2h, H, W) -> (B, 2h, H, W)."""
+        x = self.reduce(F.relu(x))
+        x = self.conv(F.relu(x))
+        return self.output(F.relu(x))

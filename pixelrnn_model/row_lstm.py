@@ -1,0 +1,42 @@
+"""Row LSTM layer (van den Oord et al. 2016, section 3.1).
+
+A masked 1xk input-to-state convolution over the current row (computed for the whole map at
+once) and a k-wide state-to-state convolution over the previous row's state: each position sees
+a triangle above it and the pixels to its left.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from pixelrnn_model.conv_lstm import ConvLSTMScan
+from pixelrnn_model.masked_conv import MaskedConv2d
+
+
+class RowLSTM(nn.Module):
+    """Row LSTM with its 1x1 output convolution back to the residual width.
+
+    Args:
+        channels: residual stream width 2h (input and output).
+        hidden: h.
+        colours: image channels C.
+        kernel: k of both convolutions.
+        learn_initial_state: learn the state above the first row.
+    """
+
+    def __init__(
+        self, channels: int, hidden: int, colours: int, kernel: int, learn_initial_state: bool
+    ):
+        super().__init__()
+        self.input_to_state = MaskedConv2d(
+            channels, 4 * hidden, (1, kernel), colours, "B", out_blocks=4
+        )
+        self.scan = ConvLSTMScan(hidden, kernel, (kernel // 2, kernel // 2), 1, learn_initial_state)
+        self.output = MaskedConv2d(hidden, channels, 1, colours, "B")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, 2h, H, W) -> (B, 2h, H, W)."""
+        gates = self.input_to_state(x)  # (B, 4h, H, W)
+        sequence = gates.permute(2, 0, 3, 1).unsqueeze(0).contiguous()  # (1, H, B, W, 4h)
+        hidden = self.scan(sequence)[0]  # (H, B, W, h)
+        return self.output(hidden.permute(1, 3, 0, 2))  # (B, h, H, W) -> (B, 2h, H, W)

@@ -1,0 +1,41 @@
+"""Shared fixtures: one contained local Ray cluster per test session, and paths to real data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("PIXELRNN_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+
+# Keep every run quiet and inside scratch folders before anything imports ray or mlflow.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.pop("RAY_ADDRESS", None)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray cluster (4 logical CPUs) shared by every `ray` test; shut down at the end."""
+    import ray
+
+    from pipeline import ray_runtime
+
+    temp_dir = tempfile.mkdtemp(prefix="r", dir="/tmp")
+    ray_runtime.connect(num_cpus=4, object_store_memory=256 * 1024**2, temp_dir=temp_dir)
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The read-only real datasets folder; skips the test when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real datasets not found at {SHARED_DATA} (set PIXELRNN_DATA_DIR)")
+    return SHARED_DATA

@@ -1,0 +1,67 @@
+"""Skew geometry, the LSTM cell and scan against hand-written references."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pixelrnn_model.conv_lstm import ConvLSTMScan, lstm_cell
+from pixelrnn_model.skew import shift_down, skew, unskew
+
+
+def test_skew_literal_and_round_trip():
+    x = torch.arange(1, 7).view(1, 1, 2, 3).float()  # [[1 2 3] [4 5 6]]
+    assert skew(x)[0, 0].tolist() == [[1, 2, 3, 0], [0, 4, 5, 6]]
+    y = torch.randn(2, 5, 4, 7, dtype=torch.float64)
+    assert torch.equal(unskew(skew(y), 7), y)
+    assert skew(y).shape == (2, 5, 4, 10)
+
+
+def test_shift_down_moves_rows_and_zeroes_the_first():
+    x = torch.arange(6).view(1, 1, 3, 2).float()
+    assert shift_down(x)[0, 0].tolist() == [[0, 0], [0, 1], [2, 3]]
+
+
+def test_lstm_cell_matches_a_hand_computed_step():
+    # h = 1; gates [o, f, i, g]
+    gates = torch.tensor([[0.5, -1.0, 2.0, 0.3]], dtype=torch.float64)
+    c_prev = torch.tensor([[0.7]], dtype=torch.float64)
+
+    def sig(v):
+        return 1 / (1 + math.exp(-v))
+
+    c = sig(-1.0) * 0.7 + sig(2.0) * math.tanh(0.3)  # tanh on the content gate only
+    h = sig(0.5) * math.tanh(c)
+    h_out, c_out = lstm_cell(gates, c_prev)
+    assert c_out.item() == pytest.approx(c, abs=1e-12)
+    assert h_out.item() == pytest.approx(h, abs=1e-12)
+
+
+@pytest.mark.parametrize("kernel, pad, directions", [(3, (1, 1), 1), (2, (1, 0), 2)])
+@pytest.mark.parametrize("learned", [False, True])
+def test_scan_matches_a_per_step_conv1d_reference(kernel, pad, directions, learned):
+    torch.manual_seed(0)
+    hidden, T, N, L = 4, 5, 2, 6
+    scan = ConvLSTMScan(hidden, kernel, pad, directions, learn_initial_state=learned).double()
+    if learned:
+        torch.nn.init.normal_(scan.initial_hidden)
+        torch.nn.init.normal_(scan.initial_cell)
+    inputs = torch.randn(directions, T, N, L, 4 * hidden, dtype=torch.float64)
+    out = scan(inputs)
+    for d in range(directions):
+        h = c = torch.zeros(N, hidden, L, dtype=torch.float64)
+        if learned:
+            h = scan.initial_hidden[d].view(1, hidden, 1).expand(N, hidden, L)
+            c = scan.initial_cell[d].view(1, hidden, 1).expand(N, hidden, L)
+        for t in range(T):
+            recurrent = F.conv1d(F.pad(h, pad), scan.state_to_state[d])  # (N, 4h, L)
+            gates = inputs[d, t].permute(0, 2, 1) + recurrent
+            h, c = lstm_cell(gates.transpose(1, 2), c.transpose(1, 2))
+            h, c = h.transpose(1, 2), c.transpose(1, 2)
+            torch.testing.assert_close(out[d, t], h.transpose(1, 2), rtol=1e-12, atol=1e-12)
+
+
+def test_scan_rejects_padding_that_changes_length():
+    with pytest.raises(ValueError, match="padding"):
+        ConvLSTMScan(4, 3, (1, 0))
