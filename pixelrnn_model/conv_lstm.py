@@ -106,11 +106,13 @@ class ConvLSTMScan(nn.Module):
 
     def forward(self, input_to_state: Tensor) -> Tensor:
         """(D, T, N, L, 4h) -> hidden states (D, T, N, L, h)."""
-        _, T, N, L, _ = input_to_state.shape
+        _, _, N, L, _ = input_to_state.shape
         weight = self.state_to_state_matrix(input_to_state.dtype)
         h, c = self.initial_state(N, L, input_to_state)
         outputs = []
-        for t in range(T):
-            h, c = self.step(input_to_state[:, t], h, c, weight)
+        # unbind, not input_to_state[:, t]: each select's backward would allocate a zero
+        # gradient of the whole map per step; unbind's backward is a single stack.
+        for input_gates in input_to_state.unbind(1):
+            h, c = self.step(input_gates, h, c, weight)
             outputs.append(h)
         return torch.stack(outputs, dim=1)
