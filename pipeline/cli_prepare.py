@@ -1,0 +1,119 @@
+"""`pixelrnn prepare SOURCE`: official dataset files -> checked Parquet shards + manifest.json."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.datasets import builtin, cifar, imagenet, images, mnist
+from pipeline.datasets.base import SPLITS, SourcePlan
+from pipeline.datasets.prepare import prepare
+from pipeline.datasets.shards import DEFAULT_SHARD_ROWS
+
+SOURCES = {
+    "cifar10": "CIFAR-10, binary or python version, folder or .tar.gz",
+    "imagenet32": "downsampled ImageNet 32x32: npz batches or train_32x32/ valid_32x32/ PNGs",
+    "imagenet64": "downsampled ImageNet 64x64: npz batches or train_64x64/ valid_64x64/ PNGs",
+    "binarized_mnist": "binarized MNIST: binarized_mnist_*.amat files or an .npz",
+    "folder": "any folder of PNG/JPEG images (sub-folders = classes), centre-cropped and resized",
+    "builtin": "random crops of the photographs shipped with scikit-image (no download)",
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `prepare` and one sub-command per source."""
+    parser = subparsers.add_parser("prepare", help=__doc__.splitlines()[0].split(": ", 1)[1])
+    sources = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--output", type=Path, required=True, help="dataset folder to create")
+    common.add_argument(
+        "--shard-size", type=_positive, default=DEFAULT_SHARD_ROWS, help="rows per Parquet shard"
+    )
+    common.add_argument("--force", action="store_true", help="replace a dataset already there")
+    common.add_argument("--seed", type=int, default=0, help="seed of the crops / val hold-out")
+    files = argparse.ArgumentParser(add_help=False)
+    files.add_argument("--input", type=Path, required=True, help="the downloaded file or folder")
+    held_out = files.add_mutually_exclusive_group()
+    held_out.add_argument(
+        "--val-fraction", type=_fraction, help="hold out this fraction of train as val (seeded)"
+    )
+    held_out.add_argument(
+        "--split",
+        type=_split_rule,
+        action="append",
+        metavar="SPLIT=GLOB",
+        help="send source files matching GLOB to SPLIT, e.g. val=data_batch_5.bin (repeatable)",
+    )
+    for name, description in SOURCES.items():
+        sub = sources.add_parser(
+            name,
+            parents=[common] if name == "builtin" else [common, files],
+            help=description,
+            description=description,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        if name in ("folder", "builtin"):
+            side = "side of the square output images"
+            sub.add_argument("--size", type=_positive, default=builtin.DEFAULT_SIZE, help=side)
+        if name == "builtin":
+            for split, count in builtin.DEFAULT_COUNTS.items():
+                sub.add_argument(
+                    f"--{split}-images", type=int, default=count, help=f"{split} crops"
+                )
+        sub.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> str:
+    """Prepare the dataset the arguments describe; return a one-line summary."""
+    plan, options = _plan(args)
+    manifest = prepare(
+        plan,
+        args.output,
+        shard_rows=args.shard_size,
+        split_rules=dict(getattr(args, "split", None) or []),
+        val_fraction=getattr(args, "val_fraction", None),
+        seed=args.seed,
+        force=args.force,
+        options=options,
+    )
+    counts = ", ".join(f"{split} {info['count']}" for split, info in manifest["splits"].items())
+    height, width, channels = manifest["shape"]
+    return (
+        f"prepared {plan.source} ({plan.layout}) into {args.output}: {counts} images of "
+        f"{height}x{width}x{channels}, levels {manifest['levels']}"
+    )
+
+
+def _plan(args: argparse.Namespace) -> tuple[SourcePlan, dict]:
+    """The source plan and the source-specific options worth recording in the manifest."""
+    if args.source == "cifar10":
+        return cifar.plan(args.input), {}
+    if args.source in ("imagenet32", "imagenet64"):
+        return imagenet.plan(args.input, int(args.source.removeprefix("imagenet"))), {}
+    if args.source == "binarized_mnist":
+        return mnist.plan(args.input), {}
+    if args.source == "folder":
+        return images.plan_folder(args.input, args.size), {"size": args.size}
+    counts = {split: getattr(args, f"{split}_images") for split in SPLITS}
+    return builtin.plan(args.size, counts, args.seed), {"size": args.size, "counts": counts}
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text}")
+    return value
+
+
+def _split_rule(text: str) -> tuple[str, str]:
+    split, _, pattern = text.partition("=")
+    if split not in SPLITS or not pattern:
+        raise argparse.ArgumentTypeError(f"expected SPLIT=GLOB with SPLIT in {SPLITS}, got {text}")
+    return split, pattern

@@ -1,0 +1,154 @@
+"""`manifest.json`: what a prepared dataset holds, where it came from, and how to check it.
+
+Written by `prepare`; read back through pyarrow filesystems so a dataset may live in a local
+folder or under an `s3://` / `gs://` URI. Every shard is listed with its row count, size and
+sha256; `verify_shards` re-checks them before training reads a single row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+
+import pyarrow.fs as pafs
+
+from pipeline.datasets.base import SourcePlan
+from pipeline.datasets.shards import sha256_file
+from pipeline.errors import DataError
+
+MANIFEST_NAME = "manifest.json"
+FORMAT, FORMAT_VERSION = "pixelrnn-prepared-images", 1
+MAX_LISTED_FILES = 10_000  # beyond this (ImageNet PNG folders) only totals and a digest are kept
+REQUIRED_KEYS = ("format", "format_version", "source", "shape", "levels", "splits")
+
+
+def describe_inputs(plan: SourcePlan) -> dict:
+    """Count, total bytes, sha256 of each input file, and one digest over the whole listing."""
+    listing, files, total = hashlib.sha256(), [], 0
+    for name in plan.input_files:
+        path = plan.input_root / name
+        entry = {"path": name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        listing.update(f"{name}\t{entry['bytes']}\t{entry['sha256']}\n".encode())
+        total += entry["bytes"]
+        if len(plan.input_files) <= MAX_LISTED_FILES:
+            files.append(entry)
+    return {
+        "count": len(plan.input_files),
+        "bytes": total,
+        "listing_sha256": listing.hexdigest(),
+        "files": files if len(plan.input_files) <= MAX_LISTED_FILES else None,
+    }
+
+
+def build_manifest(plan: SourcePlan, splits: dict[str, dict], options: dict) -> dict:
+    """The manifest dict for a finished preparation.
+
+    Args:
+        plan: the source that was read.
+        splits: per split, `ShardWriter.close()`'s summary (count, stats, shards).
+        options: the preparation options (shard size, split rules, seed, source options).
+    """
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "tool": {"name": "pixelrnn", "version": _tool_version()},
+        "source": {
+            "name": plan.source,
+            "layout": plan.layout,
+            "input": plan.input,
+            "options": options,
+            "files": describe_inputs(plan),
+        },
+        "shape": list(plan.shape),
+        "levels": plan.levels,
+        "num_classes": plan.num_classes,
+        "class_names": list(plan.class_names) if plan.class_names else None,
+        "columns": {
+            "image": "fixed_size_binary[H*W*C]: uint8 pixels in H x W x C order",
+            "label": "int64, -1 when the source has no labels",
+            "index": "int64, position of the image in the source (files in order)",
+        },
+        "splits": splits,
+    }
+
+
+def resolve(root: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem and base path for a local folder or a `scheme://` URI."""
+    if "://" not in root:
+        return pafs.LocalFileSystem(), os.path.abspath(root)
+    try:
+        return pafs.FileSystem.from_uri(root)
+    except (ValueError, OSError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"{root}: cannot open this location ({error})") from None
+
+
+def read_manifest(root: str) -> dict:
+    """Parse and sanity-check `root/manifest.json` (missing keys and wrong format -> DataError)."""
+    filesystem, base = resolve(root)
+    where = f"{root.rstrip('/')}/{MANIFEST_NAME}"
+    try:
+        with filesystem.open_input_stream(f"{base}/{MANIFEST_NAME}") as stream:
+            manifest = json.loads(stream.read())
+    except FileNotFoundError:
+        raise DataError(f"{where}: not found; run `pixelrnn prepare` first") from None
+    except (OSError, ValueError) as error:
+        raise DataError(f"{where}: unreadable ({error})") from None
+    missing = (
+        [key for key in REQUIRED_KEYS if key not in manifest]
+        if isinstance(manifest, dict)
+        else ["all"]
+    )
+    if missing:
+        raise DataError(f"{where}: not a prepared-dataset manifest (missing {missing})")
+    if manifest["format"] != FORMAT or manifest["format_version"] > FORMAT_VERSION:
+        raise DataError(
+            f"{where}: format {manifest['format']!r} version {manifest['format_version']} is not "
+            f"readable by this version (expects {FORMAT!r} <= {FORMAT_VERSION})"
+        )
+    for name, split in manifest["splits"].items():
+        for shard in split.get("shards", []):
+            path = str(shard.get("path", ""))
+            if not path or path.startswith("/") or ".." in path.split("/"):
+                raise DataError(
+                    f"{where}: split {name!r} lists a shard outside the dataset: {path}"
+                )
+    return manifest
+
+
+def verify_shards(root: str, manifest: dict, checksums: bool = True) -> None:
+    """Check every listed shard exists with its recorded size (and sha256 when `checksums`).
+
+    Raises:
+        DataError: naming the first shard that is missing, resized or altered.
+    """
+    filesystem, base = resolve(root)
+    shards = [shard for split in manifest["splits"].values() for shard in split["shards"]]
+    infos = filesystem.get_file_info([f"{base}/{shard['path']}" for shard in shards])
+    for shard, info in zip(shards, infos, strict=True):
+        where = f"{root.rstrip('/')}/{shard['path']}"
+        if info.type != pafs.FileType.File:
+            raise DataError(f"{where}: missing (listed in {MANIFEST_NAME})")
+        if info.size != shard["bytes"]:
+            raise DataError(
+                f"{where}: {info.size} bytes, the manifest says {shard['bytes']}; the shard was "
+                "altered or truncated after prepare"
+            )
+        if checksums and _sha256(filesystem, info.path) != shard["sha256"]:
+            raise DataError(f"{where}: sha256 differs from the manifest; the shard was altered")
+
+
+def _sha256(filesystem: pafs.FileSystem, path: str) -> str:
+    digest = hashlib.sha256()
+    with filesystem.open_input_stream(path) as stream:
+        while block := stream.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _tool_version() -> str:
+    try:
+        return importlib.metadata.version("pixelrnn")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
