@@ -84,6 +84,22 @@ class ConvLSTMScan(nn.Module):
             self.state_to_state.reshape(directions, 4 * self.hidden, -1).transpose(1, 2).to(dtype)
         )
 
+    def cell(
+        self, input_gates: Tensor, taps: Tensor, c_prev: Tensor, weight: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The LSTM update of M positions from their gathered state-to-state taps.
+
+        Args:
+            input_gates: (D, M, 4h) input-to-state term.
+            taps: (D, M, h*k) previous states at the k taps, ordered (channel, tap).
+            c_prev: (D, M, h) previous cell state of each position.
+            weight: (D, k*h, 4h) from `state_to_state_matrix`.
+
+        Returns:
+            (h, c), each (D, M, h).
+        """
+        return lstm_cell(torch.baddbmm(input_gates, taps, weight), c_prev)
+
     def step(
         self, input_gates: Tensor, h: Tensor, c: Tensor, weight: Tensor
     ) -> tuple[Tensor, Tensor]:
@@ -100,8 +116,7 @@ class ConvLSTMScan(nn.Module):
         D, N, L, _ = h.shape
         padded = F.pad(h, (0, 0, *self.pad))  # (D, N, L+k-1, h)
         taps = padded.unfold(2, self.kernel, 1).reshape(D, N * L, -1)  # (D, N*L, h*k)
-        gates = torch.baddbmm(input_gates.reshape(D, N * L, -1), taps, weight)  # (D, N*L, 4h)
-        h, c = lstm_cell(gates, c.reshape(D, N * L, -1))
+        h, c = self.cell(input_gates.reshape(D, N * L, -1), taps, c.reshape(D, N * L, -1), weight)
         return h.view(D, N, L, -1), c.view(D, N, L, -1)
 
     def forward(self, input_to_state: Tensor) -> Tensor:
