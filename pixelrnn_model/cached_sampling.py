@@ -33,6 +33,7 @@ class CachedPixelRNN:
         n, height, width: images sampled together and their size.
     """
 
+    @torch.no_grad()  # the cached weights and states never need gradients
     def __init__(self, model: PixelRNN, n: int, height: int, width: int):
         cfg = model.config
         like = model.input_conv.weight.detach()

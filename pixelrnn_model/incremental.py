@@ -143,31 +143,11 @@ class CachedRowLSTM:
         self.c_above, self.c_row = self.c_row, torch.empty_like(self.c_row)
 
 
-def boundary_states(scan: ConvLSTMScan, height: int, like: Tensor) -> tuple[Tensor, Tensor]:
-    """The diagonal scan's state just left of each row's first pixel.
-
-    Skewing pads row r with r zero-gate positions on the left; the scan runs through them from
-    h_0, c_0, so the state entering (r, 0) is image-independent (zero unless h_0, c_0 are
-    learned). It is the state at skewed position (r, r-1): r scan steps from the start.
-
-    Returns:
-        (h, c), each (D, height, h).
-    """
-    weight = scan.state_to_state_matrix(like.dtype)  # (D, 2h, 4h)
-    h, c = scan.initial_state(1, height, like)  # each (D, 1, H, h)
-    zero_gates = like.new_zeros(*h.shape[:-1], 4 * scan.hidden)  # (D, 1, H, 4h)
-    hs, cs = [h[:, 0, 0]], [c[:, 0, 0]]
-    for r in range(1, height):
-        h, c = scan.step(zero_gates, h, c, weight)
-        hs.append(h[:, 0, r])
-        cs.append(c[:, 0, r])
-    return torch.stack(hs, dim=1), torch.stack(cs, dim=1)  # each (D, H, h)
-
-
 class CachedDiagonalBiLSTM:
     """Diagonal BiLSTM (section 3.2) in image coordinates: the left-to-right state at (i, j)
     reads (i-1, j) and (i, j-1); the right-to-left one reads (i-1, j) and (i, j+1), and reaches
-    the output only one row down, so it is scanned once per completed row.
+    the output only one row down, so it is scanned once per completed row. States outside the
+    image are the initial state (h_0, c_0), as in `DiagonalBiLSTM.scan_diagonals`.
 
     Args:
         layer: the trained `DiagonalBiLSTM`.
@@ -183,11 +163,12 @@ class CachedDiagonalBiLSTM:
         taps = layer.scan.state_to_state_matrix(like.dtype).view(2, hidden, 2, 4 * hidden)
         self.up = taps[:, :, 0].contiguous()  # (D, h, 4h): the tap on the row above
         self.along = taps[:, :, 1].contiguous()  # (D, h, 4h): the previous step in this row
-        self.boundary_h, self.boundary_c = boundary_states(layer.scan, height, like)
+        h0, c0 = layer.scan.initial_state(n, 1, like)  # each (D, n, 1, h)
+        self.h0, self.c0 = h0[:, :, 0], c0[:, :, 0]  # each (D, n, h)
         self.inputs = like.new_zeros(n, width, layer.input_to_state.in_channels)  # (n, W, 2h)
-        self.h_above = like.new_zeros(n, width, hidden)  # row i-1, left-to-right; zero pad
-        self.h_row, self.c_row = torch.empty_like(self.h_above), torch.empty_like(self.h_above)
-        self.right_above = like.new_zeros(n, width, hidden)  # row i-1, right-to-left
+        self.h_above = self.h0[0, :, None].expand(n, width, hidden)  # row i-1, left-to-right
+        self.h_row, self.c_row = like.new_empty(n, width, hidden), like.new_empty(n, width, hidden)
+        self.right_above = like.new_zeros(n, width, hidden)  # row i-1, right-to-left (shifted)
         self.up_term = None
 
     def start_row(self, i: int) -> None:
@@ -197,10 +178,8 @@ class CachedDiagonalBiLSTM:
     def at(self, i: int, j: int, x: Tensor) -> Tensor:
         """Layer input (n, 2h) at (i, j) -> layer output (n, 2h) at (i, j)."""
         self.inputs[:, j] = x
-        n = x.shape[0]
         if j == 0:
-            h_left = self.boundary_h[0, i].expand(n, -1)  # (n, h)
-            c_left = self.boundary_c[0, i].expand(n, -1)
+            h_left, c_left = self.h0[0], self.c0[0]  # (n, h)
         else:
             h_left, c_left = self.h_row[:, j - 1], self.c_row[:, j - 1]
         gates = self.up_term[:, j] + self.input_left(x)  # (n, 4h)
@@ -210,10 +189,10 @@ class CachedDiagonalBiLSTM:
 
     def finish_row(self, i: int) -> None:
         """Scan row i right to left; it and row i's left-to-right state feed row i+1."""
-        n, width, _ = self.inputs.shape
-        gates = self.input_right(self.inputs) + torch.matmul(self.right_above, self.up[1])
-        h = self.boundary_h[1, i].expand(n, -1)  # (n, h), right of the last column
-        c = self.boundary_c[1, i].expand(n, -1)
+        width = self.inputs.shape[1]
+        above = self.right_above if i else self.h0[1, :, None]  # (n, W or 1, h)
+        gates = self.input_right(self.inputs) + torch.matmul(above, self.up[1])  # (n, W, 4h)
+        h, c = self.h0[1], self.c0[1]  # (n, h), right of the last column
         right_row = torch.empty_like(self.right_above)  # (n, W, h)
         for j in reversed(range(width)):
             h, c = lstm_cell(torch.addmm(gates[:, j], h, self.along[1]), c)
