@@ -31,8 +31,10 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# The main job on the built-in data: prepare it once, then train with 2 Ray workers on CPU.
 demo: install
-	$(BIN)/python -m pipeline.demo
+	test -f $(DEMO_DATA)/manifest.json || $(BIN)/pixelrnn prepare builtin --output $(DEMO_DATA)
+	$(BIN)/pixelrnn train --config experiments/demo.yaml --set data.path=$(DEMO_DATA)
 
 bench: install
 	$(BIN)/python benchmarks/model_throughput.py

@@ -13,7 +13,12 @@ import sys
 
 from pipeline.errors import PixelRNNError
 
-COMMANDS = ("pipeline.cli_prepare",)
+COMMANDS = (
+    "pipeline.cli_prepare",
+    "pipeline.cli_train",
+    "pipeline.cli_evaluate",
+    "pipeline.cli_sample",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

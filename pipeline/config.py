@@ -29,57 +29,44 @@ def _require(condition: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+def _at_least(section: str, config: Any, minimum: float, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        _require(value >= minimum, f"{section}.{name}", f"must be >= {minimum}, got {value}")
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the prepared dataset lives and what the model sees of it.
+    """Where the prepared dataset lives and what the model sees of it."""
 
-    Attributes:
-        path: a folder written by `pixelrnn prepare` (relative to the working directory).
-        train_split, val_split: split names in its manifest.
-        crop_size: centre-crop every image to crop_size x crop_size (0 keeps the full image).
-    """
-
-    path: str = "data/builtin-32"
+    path: str = "data/builtin-32"  # a folder written by `pixelrnn prepare`
     train_split: str = "train"
     val_split: str = "val"
-    crop_size: int = 0
+    crop_size: int = 0  # centre-crop images to crop_size x crop_size (0: full images)
 
     def __post_init__(self) -> None:
-        _require(self.crop_size >= 0, "data.crop_size", f"must be >= 0, got {self.crop_size}")
+        _at_least("data", self, 0, "crop_size")
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Optimizer, learning-rate schedule and gradient clipping.
+    """Optimizer (RMSProp is the paper's choice, section 5.2), schedule and clipping."""
 
-    Attributes:
-        optimizer: "rmsprop" (the paper's choice, section 5.2) or "adam".
-        lr: peak learning rate, reached at the end of warm-up.
-        momentum, rmsprop_alpha: RMSProp's momentum and squared-gradient decay.
-        beta1, beta2: Adam's moment decays.
-        eps: denominator guard of both optimizers.
-        weight_decay: L2 penalty.
-        warmup_steps: linear warm-up from 0 to `lr` over this many optimizer steps.
-        schedule: "constant", "cosine" (to lr * min_lr_ratio at the last step) or
-            "exponential" (times decay_rate per epoch).
-        min_lr_ratio: floor of the cosine schedule, as a fraction of `lr`.
-        decay_rate: per-epoch factor of the exponential schedule.
-        grad_clip_norm: clip the global gradient norm to this value (0 disables clipping).
-    """
-
-    optimizer: str = "rmsprop"
-    lr: float = 1e-3
-    momentum: float = 0.0
-    rmsprop_alpha: float = 0.95
-    beta1: float = 0.9
-    beta2: float = 0.999
+    optimizer: str = "rmsprop"  # or "adam"
+    lr: float = 1e-3  # peak learning rate, reached at the end of warm-up
+    momentum: float = 0.0  # RMSProp
+    rmsprop_alpha: float = 0.95  # RMSProp's squared-gradient decay
+    beta1: float = 0.9  # Adam
+    beta2: float = 0.999  # Adam
     eps: float = 1e-8
     weight_decay: float = 0.0
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # linear warm-up from 0 to lr over this many optimizer steps
+    # "constant", "cosine" (to lr * min_lr_ratio at the last step) or "exponential"
+    # (times decay_rate per epoch)
     schedule: str = "cosine"
     min_lr_ratio: float = 0.0
     decay_rate: float = 0.5
-    grad_clip_norm: float = 1.0
+    grad_clip_norm: float = 1.0  # clip the global gradient norm (0: no clipping)
 
     def __post_init__(self) -> None:
         _require(self.optimizer in OPTIMIZERS, "optim.optimizer", f"expected one of {OPTIMIZERS}")
@@ -91,93 +78,85 @@ class OptimConfig:
         _require(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
         _require(self.eps > 0, "optim.eps", f"must be > 0, got {self.eps}")
         _require(0 < self.decay_rate <= 1, "optim.decay_rate", "must be in (0, 1]")
-        for name in ("weight_decay", "warmup_steps", "grad_clip_norm"):
-            _require(getattr(self, name) >= 0, f"optim.{name}", "must be >= 0")
+        _at_least("optim", self, 0, "weight_decay", "warmup_steps", "grad_clip_norm")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The training loop and where its checkpoints go.
-
-    Attributes:
-        epochs: passes over the training split.
-        batch_size_per_worker: images per optimizer step on each worker.
-        max_steps_per_epoch: cut epochs short after this many steps (0: the whole split).
-        max_val_batches: validate on this many batches per worker (0: the whole split).
-        report_every_steps: also report training metrics every N steps (0: once per epoch).
-        seed: base seed; worker r of epoch e derives its own from (seed, r, e).
-        bf16: bf16 autocast on GPU (ignored on CPU).
-        keep_best: checkpoints kept by lowest val bits/dim, besides the latest.
-        storage_path: folder of Ray Train runs (relative to the working directory).
-        run_name: the run's folder under storage_path ("": experiment name + start time).
-    """
+    """The training loop and where its checkpoints go."""
 
     epochs: int = 10
-    batch_size_per_worker: int = 16
-    max_steps_per_epoch: int = 0
-    max_val_batches: int = 0
-    report_every_steps: int = 0
-    seed: int = 0
-    bf16: bool = True
-    keep_best: int = 2
-    storage_path: str = "runs"
-    run_name: str = ""
+    batch_size_per_worker: int = 16  # images per optimizer step on each worker
+    max_steps_per_epoch: int = 0  # cut epochs short (0: the whole split)
+    max_val_batches: int = 0  # batches per worker per validation (0: the whole split)
+    report_every_steps: int = 0  # also report train + val metrics every N steps (0: never)
+    seed: int = 0  # worker r in epoch e derives its seeds from (seed, r, e)
+    bf16: bool = True  # bf16 autocast on GPU (ignored on CPU)
+    keep_best: int = 2  # checkpoints kept by lowest val bits/dim, besides the latest
+    storage_path: str = "runs"  # folder of Ray Train runs
+    run_name: str = ""  # folder under storage_path ("": experiment name + start time)
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size_per_worker", "keep_best"):
-            _require(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
-        for name in ("max_steps_per_epoch", "max_val_batches", "report_every_steps"):
-            _require(getattr(self, name) >= 0, f"train.{name}", "must be >= 0")
+        _at_least("train", self, 1, "epochs", "batch_size_per_worker", "keep_best")
+        _at_least("train", self, 0, "max_steps_per_epoch", "max_val_batches", "report_every_steps")
         _require("/" not in self.run_name, "train.run_name", "must not contain '/'")
 
 
 @dataclass(frozen=True)
 class ScalingConfig:
-    """Ray Train workers and failure handling.
-
-    Attributes:
-        num_workers: data-parallel training workers (DDP ranks).
-        use_gpu: one GPU per worker, NCCL and bf16 autocast; otherwise CPU and gloo.
-        cpus_per_worker: logical CPUs reserved by each worker.
-        max_failures: worker-group restarts from the last checkpoint before the run fails.
-        ray_address: cluster to attach to ("": RAY_ADDRESS when set, else a local cluster).
-    """
+    """Ray Train workers (DDP ranks) and failure handling."""
 
     num_workers: int = 2
-    use_gpu: bool = False
+    use_gpu: bool = False  # one GPU per worker, NCCL and bf16; otherwise CPU and gloo
     cpus_per_worker: float = 1.0
-    max_failures: int = 1
-    ray_address: str = ""
+    max_failures: int = 1  # worker-group restarts from the last checkpoint (-1: forever)
+    ray_address: str = ""  # cluster to attach to ("": RAY_ADDRESS if set, else a local one)
 
     def __post_init__(self) -> None:
-        _require(self.num_workers >= 1, "scaling.num_workers", "must be >= 1")
+        _at_least("scaling", self, 1, "num_workers")
         _require(self.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be > 0")
-        _require(self.max_failures >= -1, "scaling.max_failures", "must be >= -1 (-1: forever)")
+        _at_least("scaling", self, -1, "max_failures")
 
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    """MLflow tracking and sample grids.
+    """MLflow tracking and sample grids."""
 
-    Attributes:
-        tracking_uri: MLflow store ("": MLFLOW_TRACKING_URI when set, else ./mlflow.db).
-        experiment_name: MLflow experiment, also the prefix of generated run names.
-        sample_every_epochs: log a sample grid every N epochs (0: only after the last epoch).
-        num_samples: images in each sample grid.
-        sample_temperature: softmax temperature of the sampler.
-    """
-
-    tracking_uri: str = ""
-    experiment_name: str = "pixelrnn"
-    sample_every_epochs: int = 0
-    num_samples: int = 16
+    tracking_uri: str = ""  # "": MLFLOW_TRACKING_URI if set, else ./mlflow.db
+    experiment_name: str = "pixelrnn"  # also the prefix of generated run names
+    sample_every_epochs: int = 0  # sample grid every N epochs (0: after the last epoch only)
+    num_samples: int = 16  # images per sample grid (0: no sample grids)
     sample_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         _require(bool(self.experiment_name), "tracking.experiment_name", "must not be empty")
-        _require(self.sample_every_epochs >= 0, "tracking.sample_every_epochs", "must be >= 0")
-        _require(self.num_samples >= 1, "tracking.num_samples", "must be >= 1")
+        _at_least("tracking", self, 0, "sample_every_epochs", "num_samples")
         _require(self.sample_temperature > 0, "tracking.sample_temperature", "must be > 0")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Ray Tune sweeps (`pixelrnn tune`): the search, ASHA early stopping, trial sizing."""
+
+    space: str = ""  # a search space in tune_spaces.SPACES (the CLI's --space)
+    num_samples: int = 8  # trials drawn from the space
+    seed: int = 0  # seed of the random search: the same seed draws the same trials
+    metric: str = "val/bits_per_dim"  # what ASHA and the best trial are judged by
+    mode: str = "min"  # or "max"
+    grace_period_epochs: int = 1  # ASHA stops no trial before this many epochs
+    reduction_factor: int = 2  # each ASHA rung keeps the best 1/reduction_factor of trials
+    max_concurrent_trials: int = 0  # 0: as many as the cluster's CPUs (and GPUs) hold
+    trial_driver_cpus: float = 1.0  # each trial's driver, which builds and fits a TorchTrainer
+    data_cpus: float = 1.0  # CPUs left free per trial for Ray Data's read tasks
+    sweep_name: str = ""  # folder under train.storage_path ("": experiment name + start time)
+
+    def __post_init__(self) -> None:
+        _require(self.mode in ("min", "max"), "tune.mode", f"expected min or max: {self.mode!r}")
+        _require(bool(self.metric), "tune.metric", "must not be empty")
+        _at_least("tune", self, 1, "num_samples", "grace_period_epochs")
+        _at_least("tune", self, 2, "reduction_factor")
+        _at_least("tune", self, 0, "max_concurrent_trials", "trial_driver_cpus", "data_cpus")
+        _require("/" not in self.sweep_name, "tune.sweep_name", "must not contain '/'")
 
 
 @dataclass(frozen=True)
@@ -191,6 +170,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     @property
     def global_batch_size(self) -> int:

@@ -25,6 +25,8 @@ QUIET_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    # Ray Data logs every dataset execution (each epoch and validation) at INFO.
+    "RAY_DATA_LOG_LEVEL": "WARNING",
 }
 
 
@@ -33,6 +35,16 @@ def export_quiet_env() -> dict[str, str]:
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     return {key: os.environ[key] for key in QUIET_ENV}
+
+
+def pin_cluster_address() -> None:
+    """Worker setup hook of local clusters: name this cluster in RAY_ADDRESS in every worker.
+
+    Ray Train's placement-group cleaner asks the State API with no address; with two local
+    clusters on one machine that lookup fails, the cleaner stops, and the workers of a trial
+    ASHA stopped keep their CPUs, so the next trial waits for them forever.
+    """
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
 
 
 def connect(
@@ -60,6 +72,7 @@ def connect(
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         return
     num_cpus = num_cpus or (os.cpu_count() or 1) + 2
+    runtime_env["worker_process_setup_hook"] = "pipeline.ray_runtime.pin_cluster_address"
     logger.info("starting a local Ray cluster with %d logical CPUs", num_cpus)
     ray.init(
         address="local",

@@ -1,0 +1,154 @@
+"""Training checkpoints: one atomically written `checkpoint.pt` per checkpoint folder, holding
+the unwrapped model, optimizer, step/epoch (which drive the schedule), config and RNG state; read
+back with `torch.load(weights_only=True)`, so loading one never runs code. Retention (best K by
+val bits/dim plus the latest) is Ray Train's `CheckpointConfig`, built in train.py.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.config import ExperimentConfig
+from pipeline.errors import PixelRNNError
+from pixelrnn_model import PixelRNN
+
+CHECKPOINT_FILE = "checkpoint.pt"
+SAMPLES_FILE = "samples.png"
+SCORE_METRIC = "val/bits_per_dim"  # lower is better
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where training stands: `epoch` epochs and `step` optimizer steps are complete."""
+
+    epoch: int = 0
+    step: int = 0
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP (`.module`) and `torch.compile` (`._orig_mod`) wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def save_checkpoint(
+    directory: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    progress: Progress,
+    config: ExperimentConfig,
+    metrics: dict[str, float] | None = None,
+    image_shape: tuple[int, int, int] = (0, 0, 0),
+) -> Path:
+    """Write `directory/checkpoint.pt` atomically (temporary file, fsync, rename).
+
+    Args:
+        directory: an existing folder.
+        model: the model, wrapped or not; its unwrapped state dict is saved.
+        optimizer: its state (moments, step counts, learning rates).
+        progress: completed epochs and steps.
+        config: the experiment config, so the checkpoint alone rebuilds the model.
+        metrics: the metrics reported with this checkpoint.
+        image_shape: (C, H, W) of the training images, the default size for sampling.
+
+    Returns:
+        The checkpoint file's path.
+    """
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": progress.epoch,
+        "step": progress.step,
+        "config": config.to_dict(),
+        "metrics": dict(metrics or {}),
+        "image_shape": list(image_shape),
+        "rng": _rng_state(),
+    }
+    path = Path(directory) / CHECKPOINT_FILE
+    partial = path.with_name(f".{CHECKPOINT_FILE}.partial")
+    with open(partial, "wb") as handle:
+        torch.save(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint file, or the `checkpoint.pt` inside a folder, onto the CPU."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_FILE
+    if not path.is_file():
+        raise PixelRNNError(f"{path}: no checkpoint file here")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated or foreign file: say which one
+        raise PixelRNNError(f"{path}: not a readable checkpoint ({error})") from None
+    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
+        raise PixelRNNError(f"{path}: not a pixelrnn checkpoint (format {FORMAT_VERSION})")
+    return payload
+
+
+def restore(
+    directory: str | Path | None,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    restore_rng: bool = True,
+) -> Progress:
+    """Load model (and optimizer, RNG) state from a checkpoint folder; None starts fresh.
+
+    Returns:
+        The progress stored in the checkpoint: training resumes at epoch `progress.epoch`.
+    """
+    if directory is None:
+        return Progress()
+    payload = load_checkpoint(directory)
+    unwrap(model).load_state_dict(payload["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(payload["optimizer"])
+    if restore_rng:
+        torch.set_rng_state(payload["rng"]["torch"])
+        if "cuda" in payload["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+    return Progress(epoch=payload["epoch"], step=payload["step"])
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A model rebuilt from a checkpoint, with what it was trained on."""
+
+    model: PixelRNN
+    config: ExperimentConfig
+    metrics: dict
+    image_shape: tuple[int, int, int]  # (C, H, W); zeros if unknown
+
+
+def model_from_checkpoint(path: str | Path) -> TrainedModel:
+    """Rebuild the trained model, in eval mode, from a checkpoint alone."""
+    payload = load_checkpoint(path)
+    config = ExperimentConfig.from_dict(payload["config"])
+    model = PixelRNN(config.model)
+    model.load_state_dict(payload["model"])
+    shape = tuple(payload.get("image_shape", (0, 0, 0)))
+    return TrainedModel(model.eval(), config, payload["metrics"], shape)  # type: ignore[arg-type]

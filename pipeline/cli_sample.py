@@ -1,0 +1,94 @@
+"""`pixelrnn sample --checkpoint PATH | --run-id ID --n 64 --out grid.png`: draw from a model."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from pipeline import completion
+from pipeline.checkpointing import CHECKPOINT_FILE, TrainedModel, model_from_checkpoint
+from pipeline.config import TrackingConfig
+from pipeline.errors import PixelRNNError
+
+
+def add_model_source(parser: argparse.ArgumentParser) -> None:
+    """`--checkpoint PATH` or `--run-id ID` (+ `--tracking-uri`): which trained model to use."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="checkpoint folder or checkpoint.pt")
+    source.add_argument("--run-id", help="MLflow run whose best checkpoint to use")
+    parser.add_argument(
+        "--tracking-uri",
+        default="",
+        help="MLflow store of --run-id (default: MLFLOW_TRACKING_URI, else ./mlflow.db)",
+    )
+
+
+def load_model(args: argparse.Namespace) -> tuple[TrainedModel, str]:
+    """The trained model the arguments name, and the resolved tracking URI ("" without a run)."""
+    if args.checkpoint is not None:
+        return model_from_checkpoint(args.checkpoint), ""
+    from pipeline import tracking  # MLflow only when a run is named
+
+    uri = tracking.resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri))
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = tracking.download_artifact(
+                uri, args.run_id, f"checkpoint/{CHECKPOINT_FILE}", tmp
+            )
+        except Exception as error:  # MLflow raises several kinds for a bad id or a missing file
+            raise PixelRNNError(
+                f"--run-id {args.run_id}: no checkpoint in {uri} ({error})"
+            ) from None
+        return model_from_checkpoint(path), uri
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `sample` command."""
+    parser = subparsers.add_parser(
+        "sample", help="draw images from a trained model into a PNG grid",
+        description="Draw images from a trained PixelRNN (ancestral sampling) into a PNG grid.",
+    )  # fmt: skip
+    add_model_source(parser)
+    parser.add_argument("--n", type=int, default=64, help="number of images (default 64)")
+    parser.add_argument("--out", type=Path, default=Path("samples.png"), help="PNG to write")
+    parser.add_argument("--size", help="HxW (default: the training image size)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature")
+    completion.add_arguments(parser)  # --complete-from DIR --rows K: occluded-image completion
+    parser.set_defaults(func=run)
+
+
+def _size(text: str | None, trained: TrainedModel) -> tuple[int, int]:
+    if text:
+        height, sep, width = text.lower().partition("x")
+        if not (sep and height.isdigit() and width.isdigit() and int(height) and int(width)):
+            raise PixelRNNError(f"--size {text!r}: expected HxW, e.g. 32x32")
+        return int(height), int(width)
+    _, height, width = trained.image_shape
+    if not height:
+        raise PixelRNNError("this checkpoint does not record its image size; pass --size HxW")
+    return height, width
+
+
+def run(args: argparse.Namespace) -> str:
+    """Sample with a progress bar and write the grid."""
+    import torch
+    from tqdm import tqdm
+
+    from pipeline.images import save_grid
+    from pixelrnn_model import sample
+
+    if args.n < 1 or args.temperature <= 0:
+        raise PixelRNNError("--n must be >= 1 and --temperature > 0")
+    trained, _ = load_model(args)
+    if args.complete_from is not None:  # the size comes from the images
+        return completion.run_completion(args, trained, torch.Generator().manual_seed(args.seed))
+    height, width = _size(args.size, trained)
+    generator = torch.Generator().manual_seed(args.seed)
+    with tqdm(total=height * width * trained.model.config.channels, unit="sub-pixel") as bar:
+        pixels = sample(trained.model, args.n, height, width, generator=generator,
+                        temperature=args.temperature,
+                        progress=lambda done, total: bar.update(done - bar.n))  # fmt: skip
+    path = save_grid(pixels, trained.model.config.levels, args.out)  # pixels: (n, C, H, W)
+    return f"wrote {args.n} samples of {height}x{width} to {path}"

@@ -1,0 +1,200 @@
+"""Runs before Ray starts: the plan from config + dataset, the run folder, the MLflow run.
+
+A run lives in `<train.storage_path>/<run name>/`, Ray Train's folder for its checkpoints. We add
+`pixelrnn_run.json` there: the config and the MLflow run, so a resumed run keeps its MLflow run
+and refuses a changed config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline import tracking
+from pipeline.config import ExperimentConfig, changed_keys
+from pipeline.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pipeline.data import PreparedDataset
+
+RECORD_FILE = "pixelrnn_run.json"
+# Keys a resumed run may change: more epochs, other hardware, another place to look at it.
+RESUMABLE_CHANGES = ("train.epochs", "scaling.", "tracking.sample_every_epochs")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Facts the workers need that come from the dataset, not the config."""
+
+    steps_per_epoch: int
+    channels: int
+    height: int
+    width: int
+    levels: int
+
+
+@dataclass(frozen=True)
+class TrainingSummary:
+    """What a finished `run_training` call reports back to the CLI."""
+
+    run_name: str
+    run_dir: str
+    tracking_uri: str
+    mlflow_run_id: str
+    epochs: int
+    metrics: dict[str, Any]
+    best_checkpoint: str
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What `--resume` needs to continue a run."""
+
+    name: str
+    storage_path: str
+    tracking_uri: str
+    mlflow_run_id: str
+    config: dict
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.storage_path) / self.name
+
+    def save(self) -> None:
+        """Write the record atomically into the run folder."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        partial = self.directory / f".{RECORD_FILE}.partial"
+        partial.write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
+        os.replace(partial, self.directory / RECORD_FILE)
+
+    @classmethod
+    def load(cls, directory: Path) -> RunRecord:
+        return cls(**json.loads((directory / RECORD_FILE).read_text()))
+
+
+def storage_root(cfg: ExperimentConfig) -> Path:
+    """`train.storage_path` as an absolute path (Ray changes workers' working directory).
+
+    Multi-node runs need it on a filesystem every node mounts (NFS, EFS...).
+    """
+    if "://" in cfg.train.storage_path:
+        raise ConfigError("train.storage_path: URIs are not supported; use a (shared) folder")
+    return Path(cfg.train.storage_path).expanduser().resolve()
+
+
+def new_run_name(cfg: ExperimentConfig) -> str:
+    """`train.run_name`, else the experiment name and the start time."""
+    if cfg.train.run_name:
+        return cfg.train.run_name
+    return f"{cfg.tracking.experiment_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def check_new_run(cfg: ExperimentConfig, name: str) -> None:
+    """A fresh run must not land in an existing run's folder (Ray would silently resume it)."""
+    folder = storage_root(cfg) / name
+    if folder.exists() and any(folder.iterdir()):
+        raise ConfigError(
+            f"train.run_name: run {name!r} already exists in {folder.parent}; "
+            "pass --resume to continue it or choose another name"
+        )
+
+
+def find_run_to_resume(cfg: ExperimentConfig) -> RunRecord:
+    """The run named by `train.run_name`, else the latest run of this experiment."""
+    root = storage_root(cfg)
+    if cfg.train.run_name:
+        candidates = [root / cfg.train.run_name]
+    else:
+        prefix = f"{cfg.tracking.experiment_name}-"
+        candidates = sorted(
+            (p for p in root.glob(f"{prefix}*") if (p / RECORD_FILE).is_file()),
+            key=lambda p: (p / RECORD_FILE).stat().st_mtime,
+        )[-1:]
+    if not candidates or not (candidates[0] / RECORD_FILE).is_file():
+        raise ConfigError(
+            f"--resume: no run of experiment {cfg.tracking.experiment_name!r} "
+            f"(train.run_name={cfg.train.run_name!r}) found in {root}"
+        )
+    record = RunRecord.load(candidates[0])
+    _check_same_experiment(ExperimentConfig.from_dict(record.config), cfg)
+    return record
+
+
+def _check_same_experiment(before: ExperimentConfig, after: ExperimentConfig) -> None:
+    changed = [
+        key
+        for key in changed_keys(before, after)
+        if key != "train.run_name" and not key.startswith(RESUMABLE_CHANGES)
+    ]
+    if changed:
+        raise ConfigError(
+            f"--resume: config differs from the run being resumed in {', '.join(changed)}; "
+            "only train.epochs, scaling.* and tracking.sample_every_epochs may change"
+        )
+
+
+def make_plan(cfg: ExperimentConfig, dataset: PreparedDataset) -> RunPlan:
+    """Check the config against the dataset's manifest and size the epochs."""
+    for key, split in (("data.train_split", cfg.data.train_split),
+                       ("data.val_split", cfg.data.val_split)):  # fmt: skip
+        if split not in dataset.splits:
+            raise ConfigError(f"{key}: {dataset.root} has no split {split!r} ({dataset.splits})")
+    for key in ("channels", "levels"):
+        have, want = getattr(dataset, key), getattr(cfg.model, key)
+        if have != want:
+            raise ConfigError(f"model.{key}: {want}, but the dataset at {dataset.root} has {have}")
+    crop = cfg.data.crop_size
+    if crop > min(dataset.height, dataset.width):
+        raise ConfigError(
+            f"data.crop_size: {crop} exceeds the {dataset.height}x{dataset.width} images"
+        )
+    per_worker = dataset.count(cfg.data.train_split) // cfg.scaling.num_workers
+    if per_worker == 0:
+        raise ConfigError(
+            f"scaling.num_workers: more workers than training images in {dataset.root}"
+        )
+    steps = math.ceil(per_worker / cfg.train.batch_size_per_worker)
+    if cfg.train.max_steps_per_epoch:
+        steps = min(steps, cfg.train.max_steps_per_epoch)
+    height, width = (crop, crop) if crop else (dataset.height, dataset.width)
+    return RunPlan(steps, dataset.channels, height, width, dataset.levels)
+
+
+def start_new_run(cfg: ExperimentConfig, dataset: PreparedDataset, plan: RunPlan):
+    """Create the run folder's record and its MLflow run (params, tags, dataset manifest).
+
+    Returns:
+        (RunRecord, tracking.RunTracker).
+    """
+    name = new_run_name(cfg)
+    check_new_run(cfg, name)
+    root = storage_root(cfg)
+    tags = tracking.run_tags(cfg, dataset.manifest, dataset.root)
+    tags["pixelrnn.run_dir"] = str(root / name)
+    derived = {"global_batch_size": cfg.global_batch_size, "steps_per_epoch": plan.steps_per_epoch,
+               "image_shape": f"{plan.channels}x{plan.height}x{plan.width}",
+               "train_images": dataset.count(cfg.data.train_split)}  # fmt: skip
+    tracker = tracking.start_run(cfg, name, tags, derived)
+    tracker.log_dict(dataset.manifest, "dataset/manifest.json")
+    record = RunRecord(name, str(root), tracker.tracking_uri, tracker.run_id, cfg.to_dict())
+    record.save()
+    return record, tracker
+
+
+def reopen_run(cfg: ExperimentConfig):
+    """The run `--resume` continues, with its MLflow run marked RUNNING again."""
+    record = find_run_to_resume(cfg)
+    tracker = tracking.reopen_run(record.tracking_uri, record.mlflow_run_id)
+    flat = cfg.to_flat()  # MLflow params cannot change, so allowed changes become a tag
+    changes = changed_keys(ExperimentConfig.from_dict(record.config), cfg)
+    if changes:
+        tracker.set_tags({"pixelrnn.resume_changes": ", ".join(f"{k}={flat[k]}" for k in changes)})
+    record = dataclasses.replace(record, config=cfg.to_dict())
+    record.save()
+    return record, tracker

@@ -1,0 +1,136 @@
+"""engine.py in plain torch: optimizers, schedule, steps, clipping, evaluation, divergence."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pipeline.config import OptimConfig
+from pipeline.engine import (
+    NonFiniteLossError,
+    center_crop,
+    evaluate,
+    learning_rate,
+    make_optimizer,
+    pixel_batches,
+    train_epoch,
+    train_step,
+)
+from pipeline.errors import PixelRNNError
+from pixelrnn_model import ModelConfig, PixelRNN, bits_per_dim, nll_nats
+
+TINY = ModelConfig(num_layers=2, hidden_channels=12, head_channels=12)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and the machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def model() -> PixelRNN:
+    torch.manual_seed(0)
+    return PixelRNN(TINY)
+
+
+@pytest.fixture
+def pixels() -> torch.Tensor:
+    return torch.randint(0, 256, (4, 3, 8, 8), generator=torch.Generator().manual_seed(1))
+
+
+def test_optimizers_follow_the_config(model):
+    rmsprop = make_optimizer(model.parameters(), OptimConfig(momentum=0.5, rmsprop_alpha=0.9))
+    assert isinstance(rmsprop, torch.optim.RMSprop)
+    assert (rmsprop.defaults["momentum"], rmsprop.defaults["alpha"]) == (0.5, 0.9)
+    adam = make_optimizer(model.parameters(), OptimConfig(optimizer="adam", beta1=0.8))
+    assert isinstance(adam, torch.optim.Adam)
+    assert adam.defaults["betas"] == (0.8, 0.999)
+
+
+def test_learning_rate_schedules():
+    warm = OptimConfig(lr=1.0, warmup_steps=4, schedule="constant")
+    assert [learning_rate(s, warm, 100, 10) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    cosine = OptimConfig(lr=1.0, schedule="cosine", min_lr_ratio=0.1)
+    assert learning_rate(0, cosine, 100, 10) == pytest.approx(1.0)
+    assert learning_rate(50, cosine, 100, 10) == pytest.approx(0.55)
+    assert learning_rate(100, cosine, 100, 10) == pytest.approx(0.1)
+    exponential = OptimConfig(lr=1.0, schedule="exponential", decay_rate=0.5)
+    assert learning_rate(20, exponential, 100, 10) == pytest.approx(0.25)
+
+
+def test_train_step_lowers_the_loss(model, pixels):
+    cfg = OptimConfig(optimizer="adam", lr=1e-2, grad_clip_norm=0.0)
+    optimizer = make_optimizer(model.parameters(), cfg)
+    before = bits_per_dim(model(pixels), pixels).item()
+    results = [train_step(model, pixels, optimizer, cfg) for _ in range(20)]
+    after = bits_per_dim(model(pixels), pixels).item()
+    assert after < before - 0.5
+    first = results[0]
+    assert (first.images, first.subpixels) == (4, 4 * 3 * 8 * 8)
+    assert first.nats / first.subpixels / math.log(2) == pytest.approx(before, rel=1e-4)
+
+
+def test_gradients_are_clipped_and_the_unclipped_norm_reported(model, pixels):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    result = train_step(model, pixels, optimizer, OptimConfig(grad_clip_norm=1e-3))
+    clipped = torch.linalg.vector_norm(
+        torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])
+    )
+    assert result.grad_norm > 1e-2
+    assert clipped.item() == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_non_finite_loss_raises_and_leaves_the_weights_alone(model, pixels):
+    optimizer = make_optimizer(model.parameters(), OptimConfig())
+    with torch.no_grad():
+        model.head_output.bias.fill_(float("nan"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(NonFiniteLossError, match="non-finite training loss"):
+        train_step(model, pixels, optimizer, OptimConfig())
+    after = model.state_dict()
+    assert all(torch.allclose(before[k], after[k], equal_nan=True) for k in before)
+    assert not optimizer.state  # the optimizer never stepped
+
+
+def test_evaluate_matches_the_likelihood_and_counts_every_image(model, pixels):
+    batches = [pixels[:3], pixels[3:]]
+    metrics = evaluate(model, batches)
+    with torch.no_grad():
+        nats = nll_nats(model(pixels), pixels)
+    assert metrics["nll_nats"] == pytest.approx(nats.mean().item(), rel=1e-5)
+    expected = nats.sum().item() / (pixels.numel() * math.log(2))
+    assert metrics["bits_per_dim"] == pytest.approx(expected, rel=1e-5)
+    first_only = evaluate(model, batches, max_batches=1)
+    assert first_only["nll_nats"] == pytest.approx(nats[:3].mean().item(), rel=1e-5)
+    assert model.training  # restored
+
+
+def test_train_epoch_reports_and_stops_at_max_steps(model, pixels):
+    optimizer = make_optimizer(model.parameters(), OptimConfig())
+    reports = []
+    step, metrics = train_epoch(
+        model, optimizer, [pixels] * 10, OptimConfig(), schedule=lambda s: 1e-3 / (s + 1),
+        start_step=7, max_steps=5, report_every=2, on_report=lambda s, m: reports.append(s),
+    )  # fmt: skip
+    assert step == 12
+    assert reports == [9, 11]
+    assert metrics["train/lr"] == pytest.approx(1e-3 / 12)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 / 12)
+    assert set(metrics) == {"train/bits_per_dim", "train/nll_nats", "train/grad_norm",
+                            "train/lr", "throughput/images_per_s"}  # fmt: skip
+
+
+def test_center_crop_and_pixel_batches():
+    images = torch.arange(2 * 3 * 6 * 6, dtype=torch.uint8).reshape(2, 3, 6, 6)
+    (cropped,) = pixel_batches([{"pixels": images, "label": torch.zeros(2)}], crop_size=4)
+    assert cropped.dtype == torch.int64
+    assert torch.equal(cropped, images[:, :, 1:5, 1:5].long())
+    assert center_crop(images, 0) is images
+    with pytest.raises(PixelRNNError, match="crop_size=8 is larger"):
+        center_crop(images, 8)

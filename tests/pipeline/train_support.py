@@ -1,0 +1,50 @@
+"""Shared pieces of the Ray training tests: a tiny prepared dataset and a tiny config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pipeline.__main__ import main
+from pipeline.config import ExperimentConfig, merge
+
+TRAIN_IMAGES, VAL_IMAGES = 64, 16
+
+
+def prepare_tiny_dataset(root: Path) -> Path:
+    """8x8 built-in crops: 64 train and 16 val images (even counts: no rows dropped by 2 ranks)."""
+    output = root / "builtin-8"
+    counts = [f"--train-images={TRAIN_IMAGES}", f"--val-images={VAL_IMAGES}", "--test-images=8"]
+    assert main(["prepare", "builtin", "--output", str(output), "--size", "8", *counts]) == 0
+    return output
+
+
+def tiny_overrides(data: Path, work: Path, **extra: Any) -> dict[str, Any]:
+    """Dotted overrides for a 2-layer, 12-channel Row LSTM with its store under `work`."""
+    return {
+        "model.num_layers": 2, "model.hidden_channels": 12, "model.head_channels": 12,
+        "data.path": str(data), "train.epochs": 3, "train.batch_size_per_worker": 4,
+        "train.storage_path": str(work / "runs"), "train.keep_best": 1,
+        "tracking.tracking_uri": f"sqlite:///{work}/mlflow.db", "tracking.experiment_name": "t",
+        "tracking.num_samples": 2, **extra,
+    }  # fmt: skip
+
+
+def tiny_config(data: Path, work: Path, **extra: Any) -> ExperimentConfig:
+    return merge([tiny_overrides(data, work, **extra)])
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Ids of live processes whose command line contains `text` (e.g. a Ray temp folder)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in command:
+            found.append(int(entry.name))
+    return found
