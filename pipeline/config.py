@@ -22,6 +22,7 @@ from pixelrnn_model import PRESETS, ModelConfig
 
 OPTIMIZERS = ("rmsprop", "adam")
 SCHEDULES = ("constant", "cosine", "exponential")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def _require(condition: bool, key: str, message: str) -> None:
@@ -91,7 +92,10 @@ class TrainConfig:
     max_val_batches: int = 0  # batches per worker per validation (0: the whole split)
     report_every_steps: int = 0  # also report train + val metrics every N steps (0: never)
     seed: int = 0  # worker r in epoch e derives its seeds from (seed, r, e)
-    bf16: bool = True  # bf16 autocast on GPU (ignored on CPU)
+    # "auto": bf16 autocast on GPU, fp32 on CPU; "bf16": bf16 wherever the device computes it
+    # natively (GPUs, CPUs with AVX-512 BF16 or AMX); "fp32": never. Losses stay float32.
+    precision: str = "auto"
+    compile: bool = False  # torch.compile the model (first steps slower while it compiles)
     keep_best: int = 2  # checkpoints kept by lowest val bits/dim, besides the latest
     storage_path: str = "runs"  # folder of Ray Train runs
     run_name: str = ""  # folder under storage_path ("": experiment name + start time)
@@ -100,6 +104,11 @@ class TrainConfig:
         _at_least("train", self, 1, "epochs", "batch_size_per_worker", "keep_best")
         _at_least("train", self, 0, "max_steps_per_epoch", "max_val_batches", "report_every_steps")
         _require("/" not in self.run_name, "train.run_name", "must not contain '/'")
+        _require(
+            self.precision in PRECISIONS,
+            "train.precision",
+            f"expected one of {PRECISIONS}, got {self.precision!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -107,7 +116,7 @@ class ScalingConfig:
     """Ray Train workers (DDP ranks) and failure handling."""
 
     num_workers: int = 2
-    use_gpu: bool = False  # one GPU per worker, NCCL and bf16; otherwise CPU and gloo
+    use_gpu: bool = False  # one GPU per worker and NCCL; otherwise CPU and gloo
     cpus_per_worker: float = 1.0
     max_failures: int = 1  # worker-group restarts from the last checkpoint (-1: forever)
     ray_address: str = ""  # cluster to attach to ("": RAY_ADDRESS if set, else a local one)

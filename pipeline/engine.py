@@ -89,6 +89,28 @@ class StepResult:
     grad_norm: float
 
 
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether `train.precision` means bf16 autocast on `device` (see TrainConfig.precision)."""
+    if precision == "auto":
+        return device.type == "cuda" and native_bf16(device)
+    return precision == "bf16" and native_bf16(device)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 natively: a bf16-capable GPU, or a CPU with AVX-512 BF16
+    or AMX (elsewhere bf16 is emulated and slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def _autocast(pixels: Tensor, enabled: bool):
     return torch.autocast(pixels.device.type, dtype=torch.bfloat16, enabled=enabled)
 

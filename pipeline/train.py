@@ -37,6 +37,7 @@ from pipeline.engine import (
     make_optimizer,
     pixel_batches,
     train_epoch,
+    use_bf16,
     worker_seed,
 )
 from pipeline.errors import PixelRNNError
@@ -82,11 +83,13 @@ def train_loop_per_worker(config: dict) -> dict:
     _worker_logging(rank)
     torch.manual_seed(worker_seed(cfg.train.seed, rank, epoch=0))
     model = ray.train.torch.prepare_model(PixelRNN(cfg.model))  # [ray 1] device + DDP
+    if cfg.train.compile:
+        model = torch.compile(model)
     optimizer = make_optimizer(model.parameters(), cfg.optim)
     progress = _restore(ray.train.get_checkpoint(), model, optimizer, rank)  # [ray 2] resume
     train_shard = ray.train.get_dataset_shard("train")  # [ray 3] data
     val_shard = ray.train.get_dataset_shard("val")
-    bf16 = cfg.train.bf16 and cfg.scaling.use_gpu
+    bf16 = use_bf16(cfg.train.precision, ray.train.torch.get_device())
     for epoch in range(progress.epoch, cfg.train.epochs):
         batches = _batches(train_shard, cfg, epoch, rank, shuffle=True)
         validate = _validator(cfg, model, val_shard, epoch, rank, bf16)
@@ -124,7 +127,7 @@ def _train(cfg, plan: runs.RunPlan, model, optimizer, batches, progress, validat
         schedule=lambda step: learning_rate(step, cfg.optim, total_steps, plan.steps_per_epoch),
         start_step=progress.step, max_steps=cfg.train.max_steps_per_epoch,
         report_every=cfg.train.report_every_steps, on_report=report_interim,
-        bf16=cfg.train.bf16 and cfg.scaling.use_gpu, log_progress=rank == 0,
+        bf16=use_bf16(cfg.train.precision, ray.train.torch.get_device()), log_progress=rank == 0,
     )  # fmt: skip
 
 

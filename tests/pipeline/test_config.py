@@ -52,10 +52,10 @@ def test_paper_experiments_take_their_sizes_from_the_presets():
 def test_overrides_are_parsed_by_field_type_and_later_layers_win(tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_text("optim:\n  lr: 1e-3\ntrain:\n  epochs: 3\n")  # YAML reads 1e-3 as a string
-    cfg = load_config(path, ["train.epochs=5", "train.bf16=false", "scaling.cpus_per_worker=2",
+    cfg = load_config(path, ["train.epochs=5", "train.precision=fp32", "scaling.cpus_per_worker=2",
                              "tracking.experiment_name=x=y", "model.residual=no"])  # fmt: skip
     assert cfg.optim.lr == pytest.approx(1e-3)
-    assert (cfg.train.epochs, cfg.train.bf16, cfg.model.residual) == (5, False, False)
+    assert (cfg.train.epochs, cfg.train.precision, cfg.model.residual) == (5, "fp32", False)
     assert cfg.scaling.cpus_per_worker == 2.0
     assert cfg.tracking.experiment_name == "x=y"
 
@@ -79,8 +79,9 @@ def test_global_batch_size():
         ({"optim": 3}, "optim: is a section"),
         ({"optim.lr": "fast"}, "optim.lr: expected float, got 'fast'"),
         ({"train.epochs": 2.5}, "train.epochs: expected int, got 2.5"),
-        ({"train.bf16": 1}, "train.bf16: expected bool, got 1"),
-        ({"train.bf16": "maybe"}, "train.bf16: expected bool"),
+        ({"train.compile": 1}, "train.compile: expected bool, got 1"),
+        ({"train.compile": "maybe"}, "train.compile: expected bool"),
+        ({"train.precision": "fp16"}, "train.precision: expected one of"),
         ({"data.path": 3}, "data.path: expected str, got 3"),
         ({"optim.lr": -1}, "optim.lr: must be > 0"),
         ({"optim.optimizer": "sgd"}, "optim.optimizer: expected one of"),

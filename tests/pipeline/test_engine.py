@@ -134,3 +134,12 @@ def test_center_crop_and_pixel_batches():
     assert center_crop(images, 0) is images
     with pytest.raises(PixelRNNError, match="crop_size=8 is larger"):
         center_crop(images, 8)
+
+
+def test_precision_auto_means_bf16_on_gpu_only_and_bf16_needs_native_support():
+    from pipeline.engine import native_bf16, use_bf16
+
+    cpu = torch.device("cpu")
+    assert use_bf16("auto", cpu) is False
+    assert use_bf16("fp32", cpu) is False
+    assert use_bf16("bf16", cpu) is native_bf16(cpu)
