@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
+from pipeline import storage
 from pipeline.datasets import builtin, cifar, imagenet, images, mnist
 from pipeline.datasets.base import SPLITS, SourcePlan
+from pipeline.datasets.manifest import MANIFEST_NAME
 from pipeline.datasets.prepare import prepare
 from pipeline.datasets.shards import DEFAULT_SHARD_ROWS
+from pipeline.errors import DataError
 
 SOURCES = {
     "cifar10": "CIFAR-10, binary or python version, folder or .tar.gz",
@@ -25,7 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("prepare", help=__doc__.splitlines()[0].split(": ", 1)[1])
     sources = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--output", type=Path, required=True, help="dataset folder to create")
+    common.add_argument(
+        "--output",
+        required=True,
+        help="dataset folder to create, or an s3:// / gs:// URI to upload it to (shared storage)",
+    )
     common.add_argument(
         "--shard-size", type=_positive, default=DEFAULT_SHARD_ROWS, help="rows per Parquet shard"
     )
@@ -66,22 +74,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> str:
     """Prepare the dataset the arguments describe; return a one-line summary."""
     plan, options = _plan(args)
-    manifest = prepare(
-        plan,
-        args.output,
-        shard_rows=args.shard_size,
-        split_rules=dict(getattr(args, "split", None) or []),
-        val_fraction=getattr(args, "val_fraction", None),
-        seed=args.seed,
-        force=args.force,
-        options=options,
-    )
+    settings = {
+        "shard_rows": args.shard_size,
+        "split_rules": dict(getattr(args, "split", None) or []),
+        "val_fraction": getattr(args, "val_fraction", None),
+        "seed": args.seed,
+        "options": options,
+    }
+    if storage.is_uri(args.output):
+        manifest = _prepare_to_uri(plan, args.output, args.force, settings)
+    else:
+        manifest = prepare(plan, Path(args.output), force=args.force, **settings)
     counts = ", ".join(f"{split} {info['count']}" for split, info in manifest["splits"].items())
     height, width, channels = manifest["shape"]
     return (
         f"prepared {plan.source} ({plan.layout}) into {args.output}: {counts} images of "
         f"{height}x{width}x{channels}, levels {manifest['levels']}"
     )
+
+
+def _prepare_to_uri(plan: SourcePlan, uri: str, force: bool, settings: dict) -> dict:
+    """Prepare into a local scratch folder (under TMPDIR), then upload it to `uri`.
+
+    manifest.json goes up last: readers start from it, so they never see a partial dataset
+    (with `--force`, the old dataset is deleted before the new one is uploaded).
+    """
+    if storage.is_file(storage.join(uri, MANIFEST_NAME)):
+        if not force:
+            raise DataError(f"{uri}: already holds a prepared dataset; pass --force to replace it")
+    elif storage.has_contents(uri):
+        raise DataError(f"{uri}: exists and is not empty (and is not a prepared dataset)")
+    with tempfile.TemporaryDirectory(prefix="pixelrnn-prepare-") as scratch:
+        local = Path(scratch) / "dataset"
+        manifest = prepare(plan, local, **settings)
+        storage.upload_folder(local, uri, last=MANIFEST_NAME, replace=force)
+    return manifest
 
 
 def _plan(args: argparse.Namespace) -> tuple[SourcePlan, dict]:

@@ -132,6 +132,9 @@ class TrackingConfig:
     """MLflow tracking and sample grids."""
 
     tracking_uri: str = ""  # "": MLFLOW_TRACKING_URI if set, else ./mlflow.db
+    # Artifact root of experiments this run creates (s3://..., a folder); "": next to a SQLite
+    # store, else the tracking server's default. An existing experiment keeps its own.
+    artifact_location: str = ""
     experiment_name: str = "pixelrnn"  # also the prefix of generated run names
     sample_every_epochs: int = 0  # sample grid every N epochs (0: after the last epoch only)
     num_samples: int = 16  # images per sample grid (0: no sample grids)

@@ -8,6 +8,7 @@ more logical CPUs than cores, so Ray Data's read tasks never starve training wor
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -47,6 +48,16 @@ def pin_cluster_address() -> None:
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
 
 
+def _job_env_var_names() -> set[str]:
+    """Variables the enclosing Ray Job (`ray job submit --runtime-env-json`) already sets.
+
+    Ray refuses a `ray.init` runtime_env that names any of them again; their values are in this
+    process's environment already, and the job passes them on to every worker itself.
+    """
+    job_config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    return set((job_config.get("runtime_env") or {}).get("env_vars") or {})
+
+
 def connect(
     address: str | None = None,
     num_cpus: int | None = None,
@@ -69,6 +80,8 @@ def connect(
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         logger.info("connecting to the Ray cluster at %s", address)
+        taken = _job_env_var_names()
+        runtime_env["env_vars"] = {k: v for k, v in env_vars.items() if k not in taken}
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         return
     num_cpus = num_cpus or (os.cpu_count() or 1) + 2

@@ -1,8 +1,8 @@
 """Runs before Ray starts: the plan from config + dataset, the run folder, the MLflow run.
 
-A run lives in `<train.storage_path>/<run name>/`, Ray Train's folder for its checkpoints. We add
-`pixelrnn_run.json` there: the config and the MLflow run, so a resumed run keeps its MLflow run
-and refuses a changed config.
+A run lives in `<train.storage_path>/<run name>/`, Ray Train's folder for its checkpoints: a local
+folder or an `s3://` / `gs://` URI. We add `pixelrnn_run.json` there: the config and the MLflow
+run, so a resumed run keeps its MLflow run and refuses a changed config.
 """
 
 from __future__ import annotations
@@ -10,15 +10,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline import tracking
+from pipeline import storage, tracking
 from pipeline.config import ExperimentConfig, changed_keys
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, PixelRNNError
 
 if TYPE_CHECKING:
     from pipeline.data import PreparedDataset
@@ -57,35 +56,49 @@ class RunRecord:
     """What `--resume` needs to continue a run."""
 
     name: str
-    storage_path: str
+    storage_path: str  # absolute folder or URI
     tracking_uri: str
     mlflow_run_id: str
     config: dict
 
     @property
-    def directory(self) -> Path:
-        return Path(self.storage_path) / self.name
+    def directory(self) -> str:
+        """The run folder: Ray Train's `storage_path/name`, a local path or a URI."""
+        return storage.join(self.storage_path, self.name)
 
     def save(self) -> None:
         """Write the record atomically into the run folder."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        partial = self.directory / f".{RECORD_FILE}.partial"
-        partial.write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
-        os.replace(partial, self.directory / RECORD_FILE)
+        text = json.dumps(asdict(self), indent=2, sort_keys=True)
+        storage.write_text(storage.join(self.directory, RECORD_FILE), text)
 
     @classmethod
-    def load(cls, directory: Path) -> RunRecord:
-        return cls(**json.loads((directory / RECORD_FILE).read_text()))
+    def load(cls, directory: str | Path) -> RunRecord:
+        """The record in a run folder (local path or URI)."""
+        return cls(**json.loads(storage.read_text(storage.join(str(directory), RECORD_FILE))))
+
+
+def storage_location(cfg: ExperimentConfig) -> str:
+    """`train.storage_path` as an absolute folder (Ray changes workers' working directory) or a
+    URI. Multi-node runs need storage every node reaches: `s3://`, `gs://` or a shared mount."""
+    try:
+        storage.filesystem(cfg.train.storage_path)
+    except PixelRNNError as error:
+        raise ConfigError(f"train.storage_path: {error}") from None
+    return storage.normalize(cfg.train.storage_path)
 
 
 def storage_root(cfg: ExperimentConfig) -> Path:
-    """`train.storage_path` as an absolute path (Ray changes workers' working directory).
+    """`train.storage_path` as an absolute local folder, for callers that need a `Path`.
 
-    Multi-node runs need it on a filesystem every node mounts (NFS, EFS...).
+    Raises:
+        ConfigError: it is a URI (`storage_location` accepts those).
     """
-    if "://" in cfg.train.storage_path:
-        raise ConfigError("train.storage_path: URIs are not supported; use a (shared) folder")
-    return Path(cfg.train.storage_path).expanduser().resolve()
+    if storage.is_uri(cfg.train.storage_path):
+        raise ConfigError(
+            f"train.storage_path: {cfg.train.storage_path}: this command needs a local or "
+            "mounted folder (pixelrnn train accepts s3:// and gs:// URIs)"
+        )
+    return Path(storage.normalize(cfg.train.storage_path))
 
 
 def new_run_name(cfg: ExperimentConfig) -> str:
@@ -97,31 +110,34 @@ def new_run_name(cfg: ExperimentConfig) -> str:
 
 def check_new_run(cfg: ExperimentConfig, name: str) -> None:
     """A fresh run must not land in an existing run's folder (Ray would silently resume it)."""
-    folder = storage_root(cfg) / name
-    if folder.exists() and any(folder.iterdir()):
+    root = storage_location(cfg)
+    if storage.has_contents(storage.join(root, name)):
         raise ConfigError(
-            f"train.run_name: run {name!r} already exists in {folder.parent}; "
+            f"train.run_name: run {name!r} already exists in {root}; "
             "pass --resume to continue it or choose another name"
         )
 
 
 def find_run_to_resume(cfg: ExperimentConfig) -> RunRecord:
     """The run named by `train.run_name`, else the latest run of this experiment."""
-    root = storage_root(cfg)
+    root = storage_location(cfg)
     if cfg.train.run_name:
-        candidates = [root / cfg.train.run_name]
+        names = [cfg.train.run_name]
     else:
         prefix = f"{cfg.tracking.experiment_name}-"
-        candidates = sorted(
-            (p for p in root.glob(f"{prefix}*") if (p / RECORD_FILE).is_file()),
-            key=lambda p: (p / RECORD_FILE).stat().st_mtime,
-        )[-1:]
-    if not candidates or not (candidates[0] / RECORD_FILE).is_file():
+        records = {
+            name: storage.join(root, name, RECORD_FILE)
+            for name in storage.subfolders(root)
+            if name.startswith(prefix)
+        }
+        started = [name for name, record in records.items() if storage.is_file(record)]
+        names = sorted(started, key=lambda name: storage.modified_s(records[name]))[-1:]
+    if not names or not storage.is_file(storage.join(root, names[0], RECORD_FILE)):
         raise ConfigError(
             f"--resume: no run of experiment {cfg.tracking.experiment_name!r} "
             f"(train.run_name={cfg.train.run_name!r}) found in {root}"
         )
-    record = RunRecord.load(candidates[0])
+    record = RunRecord.load(storage.join(root, names[0]))
     _check_same_experiment(ExperimentConfig.from_dict(record.config), cfg)
     return record
 
@@ -174,15 +190,15 @@ def start_new_run(cfg: ExperimentConfig, dataset: PreparedDataset, plan: RunPlan
     """
     name = new_run_name(cfg)
     check_new_run(cfg, name)
-    root = storage_root(cfg)
+    root = storage_location(cfg)
     tags = tracking.run_tags(cfg, dataset.manifest, dataset.root)
-    tags["pixelrnn.run_dir"] = str(root / name)
+    tags["pixelrnn.run_dir"] = storage.join(root, name)
     derived = {"global_batch_size": cfg.global_batch_size, "steps_per_epoch": plan.steps_per_epoch,
                "image_shape": f"{plan.channels}x{plan.height}x{plan.width}",
                "train_images": dataset.count(cfg.data.train_split)}  # fmt: skip
     tracker = tracking.start_run(cfg, name, tags, derived)
     tracker.log_dict(dataset.manifest, "dataset/manifest.json")
-    record = RunRecord(name, str(root), tracker.tracking_uri, tracker.run_id, cfg.to_dict())
+    record = RunRecord(name, root, tracker.tracking_uri, tracker.run_id, cfg.to_dict())
     record.save()
     return record, tracker
 

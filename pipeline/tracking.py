@@ -2,7 +2,8 @@
 config, tags and provenance; a Ray Train callback on the controller (on the driver's node) logs
 reports and sample grids; workers never touch MLflow, so a local store serves multi-node runs.
 Store: MLFLOW_TRACKING_URI, else `tracking.tracking_uri`, else `sqlite:///<cwd>/mlflow.db` with
-artifacts in `<cwd>/mlruns` (view: `mlflow ui --backend-store-uri sqlite:///mlflow.db`).
+artifacts in `<cwd>/mlruns` (view: `mlflow ui --backend-store-uri sqlite:///mlflow.db`), or in
+`tracking.artifact_location` for experiments created with one set.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from pipeline.config import ExperimentConfig, TrackingConfig
 from pipeline.errors import PixelRNNError
@@ -43,8 +45,11 @@ def resolve_tracking_uri(cfg: TrackingConfig, cwd: str | Path | None = None) -> 
     return uri
 
 
-def _artifact_location(tracking_uri: str) -> str | None:
-    """Artifacts of a SQLite store go next to the database file; servers choose their own."""
+def _artifact_location(tracking_uri: str, configured: str = "") -> str | None:
+    """`tracking.artifact_location` (a folder made an absolute file URI), else: artifacts of a
+    SQLite store go next to the database file, and servers choose their own."""
+    if configured:
+        return configured if urlparse(configured).scheme else Path(configured).resolve().as_uri()
     if tracking_uri.startswith("sqlite:///"):
         return (Path(tracking_uri.removeprefix("sqlite:///")).parent / DEFAULT_ARTIFACTS).as_uri()
     return None
@@ -175,12 +180,18 @@ def start_run(
     uri = resolve_tracking_uri(cfg.tracking)
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(cfg.tracking.experiment_name)
+    wanted = _artifact_location(uri, cfg.tracking.artifact_location)
     if experiment is None:
         experiment_id = client.create_experiment(
-            cfg.tracking.experiment_name, artifact_location=_artifact_location(uri)
+            cfg.tracking.experiment_name, artifact_location=wanted
         )
     else:
         experiment_id = experiment.experiment_id
+        if cfg.tracking.artifact_location and experiment.artifact_location != wanted:
+            logger.warning(
+                "tracking.artifact_location: experiment %r already keeps its artifacts in %s",
+                cfg.tracking.experiment_name, experiment.artifact_location,
+            )  # fmt: skip
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     tracker = RunTracker(uri, run.info.run_id, client)
     tracker.log_params({**cfg.to_flat(), **{f"derived.{k}": v for k, v in derived.items()}})

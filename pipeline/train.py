@@ -19,7 +19,7 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, UserCallback
 from ray.train import ScalingConfig as RayScalingConfig
 
-from pipeline import data, ray_runtime, runs, tracking
+from pipeline import data, ray_runtime, runs, storage, tracking
 from pipeline.checkpointing import (
     CHECKPOINT_FILE,
     SAMPLES_FILE,
@@ -265,7 +265,7 @@ def run_training(
         NonFiniteLossError: the loss diverged; the last good checkpoint is named.
         PixelRNNError: training failed after `scaling.max_failures` restarts.
     """
-    dataset = data.open_prepared(str(Path(cfg.data.path).resolve()))
+    dataset = data.open_prepared(storage.normalize(cfg.data.path))
     plan = runs.make_plan(cfg, dataset)
     ray_runtime.connect(address=cfg.scaling.ray_address or None)
     record, tracker = _open_run(cfg, resume, dataset, plan)
@@ -297,7 +297,9 @@ def run_training(
 
 def _finish(cfg: ExperimentConfig, result, record: runs.RunRecord, tracker) -> runs.TrainingSummary:
     outcome = result.return_value or {}
-    last_good = result.checkpoint.path if result.checkpoint else "none (no epoch completed)"
+    where = record.storage_path  # Ray reports paths inside its filesystem: make them locations
+    last_good = (storage.location_of(where, result.checkpoint.path) if result.checkpoint
+                 else "none (no epoch completed)")  # fmt: skip
     if outcome.get("status") == "non_finite":
         message = (f"{outcome['message']} in epoch {outcome['epoch'] + 1}; "
                    f"last good checkpoint: {last_good}")  # fmt: skip
@@ -309,7 +311,9 @@ def _finish(cfg: ExperimentConfig, result, record: runs.RunRecord, tracker) -> r
     metrics = dict(result.metrics or {})
     best_metrics = next(m for c, m in result.best_checkpoints if c.path == best.path)
     tracker.log_metrics({"best/val_bits_per_dim": best_metrics[SCORE_METRIC]}, int(metrics["step"]))
-    tracker.set_tags({"pixelrnn.best_checkpoint": best.path})
+    best_location = storage.location_of(where, best.path)
+    tracker.set_tags({"pixelrnn.best_checkpoint": best_location})
     tracker.finish("FINISHED")
-    return runs.TrainingSummary(record.name, str(record.directory), tracker.tracking_uri,
-                           tracker.run_id, int(metrics["epoch"]), metrics, best.path)  # fmt: skip
+    return runs.TrainingSummary(record.name, record.directory, tracker.tracking_uri,
+                                tracker.run_id, int(metrics["epoch"]), metrics,
+                                best_location)  # fmt: skip

@@ -36,6 +36,7 @@ def test_nothing_is_exposed_and_no_hyperparameters_live_here(cluster_config):
     text = (REPO_ROOT / "cluster.yaml").read_text()
     head_commands = " ".join(cluster_config["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_commands
+    assert "--bind 127.0.0.1:5000" in head_commands  # MLflow: loopback for tunnels, private IP
     assert "0.0.0.0" not in text
     for hyperparameter in ("lr", "learning_rate", "hidden_channels", "num_layers", "batch_size"):
         assert f"{hyperparameter}:" not in text

@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import os
 
 import pyarrow.fs as pafs
 
+from pipeline import storage
 from pipeline.datasets.base import SourcePlan
 from pipeline.datasets.shards import sha256_file
-from pipeline.errors import DataError
+from pipeline.errors import DataError, PixelRNNError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT, FORMAT_VERSION = "pixelrnn-prepared-images", 1
@@ -76,12 +76,10 @@ def build_manifest(plan: SourcePlan, splits: dict[str, dict], options: dict) -> 
 
 def resolve(root: str) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem and base path for a local folder or a `scheme://` URI."""
-    if "://" not in root:
-        return pafs.LocalFileSystem(), os.path.abspath(root)
     try:
-        return pafs.FileSystem.from_uri(root)
-    except (ValueError, OSError) as error:  # pyarrow's ArrowInvalid is a ValueError
-        raise DataError(f"{root}: cannot open this location ({error})") from None
+        return storage.filesystem(root)
+    except PixelRNNError as error:
+        raise DataError(str(error)) from None
 
 
 def read_manifest(root: str) -> dict:

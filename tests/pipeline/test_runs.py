@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -61,7 +62,7 @@ def record(tmp_path, name: str, **config) -> runs.RunRecord:
 
 def test_resume_finds_the_latest_run_of_the_experiment(tmp_path):
     older, newer = record(tmp_path, "e-1"), record(tmp_path, "e-2")
-    os.utime(older.directory / runs.RECORD_FILE, (time.time() + 60,) * 2)
+    os.utime(Path(older.directory) / runs.RECORD_FILE, (time.time() + 60,) * 2)
     record(tmp_path, "other-1", **{"tracking.experiment_name": "other"})
     cfg = merge([{"train.storage_path": str(tmp_path), "tracking.experiment_name": "e"}])
     assert runs.find_run_to_resume(cfg).mlflow_run_id == "id-e-1"
