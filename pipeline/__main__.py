@@ -18,6 +18,8 @@ COMMANDS = (
     "pipeline.cli_train",
     "pipeline.cli_evaluate",
     "pipeline.cli_sample",
+    "pipeline.cli_tune",
+    "pipeline.cli_compare",
 )
 
 

@@ -1,0 +1,240 @@
+"""Sweeps before and after Ray Tune: sizing trials to the cluster, the sweep folder, best config.
+
+A sweep lives in `<train.storage_path>/<sweep name>/`: Tune's experiment folder, with our
+`pixelrnn_sweep.json` (the configs and the MLflow parent run, so `--resume` continues the same
+sweep), each trial's Ray Train run under `train/<trial id>/`, and `best_experiment.yaml`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline import runs, tracking
+from pipeline.config import ExperimentConfig, changed_keys, merge
+from pipeline.errors import ConfigError
+
+RECORD_FILE = "pixelrnn_sweep.json"
+BEST_FILE = "best_experiment.yaml"
+TRAIN_FOLDER = "train"
+STOPPED_EARLY_TAG = "pixelrnn.stopped_early"  # on the MLflow run of a trial ASHA stopped
+# Keys a best-trial experiment file leaves out: they describe the sweep, not a training run.
+NOT_FOR_TRAINING = ("tune.", "train.run_name")
+
+
+@dataclass(frozen=True)
+class TrialSizing:
+    """What one trial holds while it runs, and how many trials run at once."""
+
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_concurrent: int
+
+
+def size_trials(cfg: ExperimentConfig, cluster: dict[str, float]) -> TrialSizing:
+    """Fit trials to the cluster: each holds its driver, its Train workers and Ray Data's reads.
+
+    Tune only sees a trial's driver; its workers are placed by Ray Train afterwards. A trial that
+    cannot get them waits on a worker-group timeout, so a sweep that does not fit fails here.
+
+    Args:
+        cfg: the sweep's base config (`scaling` and `tune` sections).
+        cluster: the Ray cluster's total resources, as `ray.cluster_resources()` returns them.
+
+    Raises:
+        ConfigError: one trial, or `tune.max_concurrent_trials` trials, need more than the cluster.
+    """
+    scaling, tune = cfg.scaling, cfg.tune
+    cpus = tune.trial_driver_cpus + scaling.num_workers * scaling.cpus_per_worker + tune.data_cpus
+    gpus = float(scaling.num_workers) if scaling.use_gpu else 0.0
+    have_cpus, have_gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
+    needs = (
+        f"{tune.trial_driver_cpus:g} for its driver (tune.trial_driver_cpus) + "
+        f"{scaling.num_workers} workers x {scaling.cpus_per_worker:g} (scaling.num_workers, "
+        f"scaling.cpus_per_worker) + {tune.data_cpus:g} for Ray Data (tune.data_cpus)"
+    )
+    if cpus > have_cpus + 1e-9:
+        raise ConfigError(
+            f"scaling.num_workers: one trial needs {cpus:g} CPUs ({needs}), but the Ray cluster "
+            f"has {have_cpus:g}; use fewer or smaller workers, or a bigger cluster"
+        )
+    if gpus > have_gpus + 1e-9:
+        raise ConfigError(
+            f"scaling.num_workers: one trial needs {gpus:g} GPUs (one per worker), but the Ray "
+            f"cluster has {have_gpus:g}"
+        )
+    fit = math.floor(have_cpus / cpus + 1e-9)
+    if gpus:
+        fit = min(fit, math.floor(have_gpus / gpus + 1e-9))
+    if tune.max_concurrent_trials > fit:
+        raise ConfigError(
+            f"tune.max_concurrent_trials: {tune.max_concurrent_trials} trials at once need "
+            f"{tune.max_concurrent_trials * cpus:g} CPUs and {tune.max_concurrent_trials * gpus:g}"
+            f" GPUs ({needs} CPUs each), but the Ray cluster has {have_cpus:g} CPUs and "
+            f"{have_gpus:g} GPUs: at most {fit} fit"
+        )
+    concurrent = min(tune.max_concurrent_trials or fit, tune.num_samples)
+    return TrialSizing(cpus, gpus, concurrent)
+
+
+@dataclass(frozen=True)
+class SweepRecord:
+    """What a sweep's trials and `--resume` need, saved in the sweep folder."""
+
+    name: str
+    storage_path: str  # absolute; the sweep folder is storage_path/name
+    tracking_uri: str
+    parent_run_id: str
+    space: str
+    config: dict  # the sweep's config as the user wrote it (relative paths stay relative)
+    trial_config: dict  # the same with absolute paths: what every trial starts from
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.storage_path) / self.name
+
+    def save(self) -> None:
+        """Write the record atomically into the sweep folder."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        partial = self.directory / f".{RECORD_FILE}.partial"
+        partial.write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
+        os.replace(partial, self.directory / RECORD_FILE)
+
+    @classmethod
+    def load(cls, directory: Path) -> SweepRecord:
+        return cls(**json.loads((directory / RECORD_FILE).read_text()))
+
+
+def new_sweep_name(cfg: ExperimentConfig) -> str:
+    """`tune.sweep_name`, else the experiment name, "sweep" and the start time."""
+    if cfg.tune.sweep_name:
+        return cfg.tune.sweep_name
+    return f"{cfg.tracking.experiment_name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def check_new_sweep(cfg: ExperimentConfig, name: str) -> None:
+    """A new sweep must not land in an existing folder (Tune would mix two experiments)."""
+    folder = runs.storage_root(cfg) / name
+    if folder.exists() and any(folder.iterdir()):
+        raise ConfigError(
+            f"tune.sweep_name: sweep {name!r} already exists in {folder.parent}; "
+            "pass --resume to continue it or choose another name"
+        )
+
+
+def find_sweep_to_resume(cfg: ExperimentConfig) -> SweepRecord:
+    """The sweep named by `tune.sweep_name`, else this experiment's latest sweep.
+
+    Raises:
+        ConfigError: there is none, or the config differs from the one the sweep started with.
+    """
+    root = runs.storage_root(cfg)
+    if cfg.tune.sweep_name:
+        candidates = [root / cfg.tune.sweep_name]
+    else:
+        pattern = f"{cfg.tracking.experiment_name}-sweep-*"
+        candidates = sorted(
+            (p for p in root.glob(pattern) if (p / RECORD_FILE).is_file()),
+            key=lambda p: (p / RECORD_FILE).stat().st_mtime,
+        )[-1:]
+    if not candidates or not (candidates[0] / RECORD_FILE).is_file():
+        raise ConfigError(
+            f"--resume: no sweep of experiment {cfg.tracking.experiment_name!r} "
+            f"(tune.sweep_name={cfg.tune.sweep_name!r}) found in {root}"
+        )
+    record = SweepRecord.load(candidates[0])
+    before = ExperimentConfig.from_dict(record.config)
+    changed = [key for key in changed_keys(before, cfg) if key != "tune.sweep_name"]
+    if changed:
+        raise ConfigError(
+            f"--resume: config differs from the sweep being resumed in {', '.join(changed)}; "
+            "a sweep continues with the config it started with"
+        )
+    return record
+
+
+def trial_base(cfg: ExperimentConfig, sweep_dir: Path, tracking_uri: str) -> ExperimentConfig:
+    """The sweep's config as trials see it: absolute paths (Tune changes their working folder)."""
+    return merge([cfg.to_flat(), {
+        "data.path": str(Path(cfg.data.path).expanduser().resolve()),
+        "train.storage_path": str(sweep_dir / TRAIN_FOLDER),
+        "tracking.tracking_uri": tracking_uri,
+    }])  # fmt: skip
+
+
+def trial_config(base: dict, params: dict[str, Any], trial_id: str) -> ExperimentConfig:
+    """One trial's config: the sweep's base with the sampled params, named by the trial id."""
+    flat = ExperimentConfig.from_dict(base).to_flat()
+    return merge([flat, params, {"train.run_name": trial_id}])
+
+
+def best_experiment(config: dict, params: dict[str, Any]) -> dict[str, Any]:
+    """A ready-to-run experiment file: the sweep's config with a trial's params, deltas only.
+
+    Args:
+        config: the sweep's config as the user wrote it (`SweepRecord.config`).
+        params: the trial's sampled values by dotted key (strings from MLflow are parsed).
+
+    Returns:
+        Nested {section: {key: value}} of what differs from the defaults (or the preset's).
+    """
+    cfg = ExperimentConfig.from_dict(config)
+    best = merge([cfg.to_flat(), params])
+    baseline = merge([{"preset": best.preset}]) if best.preset else ExperimentConfig()
+    flat = best.to_flat()
+    nested: dict[str, Any] = {"preset": best.preset} if best.preset else {}
+    for key in changed_keys(baseline, best):
+        if key.startswith(NOT_FOR_TRAINING) or key == "preset":
+            continue
+        section, name = key.split(".", 1)
+        nested.setdefault(section, {})[name] = flat[key]
+    return nested
+
+
+def write_best_experiment(path: Path, experiment: dict[str, Any], header: list[str]) -> Path:
+    """Write an experiment YAML with a comment header saying where it came from."""
+    comments = "".join(f"# {line}\n" for line in header)
+    path.write_text(comments + yaml.safe_dump(experiment, sort_keys=False))
+    return path
+
+
+def settle_stopped_trials(record: SweepRecord) -> list[tracking.RunSummary]:
+    """The sweep's child runs, with trials ASHA stopped marked KILLED (not FAILED).
+
+    Killing a stopped trial can make its `run_training` see a dead actor and end its run FAILED
+    after `SweepCallback` ended it KILLED; once the sweep is over, no trial process is left.
+    """
+    trials = tracking.find_runs(record.tracking_uri, parent_run_id=record.parent_run_id)
+    for index, run in enumerate(trials):
+        if run.tags.get(STOPPED_EARLY_TAG) == "true" and run.status == "FAILED":
+            tracker = tracking.RunTracker(record.tracking_uri, run.run_id)
+            tracker.finish("KILLED", run.tags.get("pixelrnn.stopped_message", "stopped by ASHA"))
+            trials[index] = dataclasses.replace(run, status="KILLED")
+    return trials
+
+
+def best_trial(trials: list[tracking.RunSummary], tracking_uri: str, metric: str, mode: str):
+    """(run, value) of the trial with the best `metric` over all its reports; None if none has it.
+
+    Failed trials (divergence, errors) are left out; trials stopped early by ASHA count.
+    """
+    scored = []
+    for run in trials:
+        if run.status == "FAILED":
+            continue
+        history = tracking.RunTracker(tracking_uri, run.run_id).metric_history(metric)
+        if history:
+            values = [value for _, value in history]
+            scored.append((min(values) if mode == "min" else max(values), run))
+    if not scored:
+        return None
+    value, run = (min if mode == "min" else max)(scored, key=lambda pair: pair[0])
+    return run, value
