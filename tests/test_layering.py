@@ -17,7 +17,15 @@ FORBIDDEN = {
 }
 # Inside `pipeline`, one importer per external API; pure modules import none of them.
 SOLE_IMPORTER = {"ray.train": "train.py", "ray.tune": "tune.py", "mlflow": "tracking.py"}
-PURE = ("config.py", "engine.py", "checkpointing.py", "images.py", "runs.py")
+PURE = (
+    "config.py",
+    "engine.py",
+    "checkpointing.py",
+    "images.py",
+    "runs.py",
+    "sweeps.py",
+    "compare.py",
+)
 
 
 def loaded_modules(package: str) -> set[str]:
