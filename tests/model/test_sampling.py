@@ -16,13 +16,7 @@ KINDS = {"rgb": {"channels": 3, "levels": 256}, "binary": {"channels": 1, "level
 HEIGHT, WIDTH = 5, 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Thousands of tiny ops: intra-op threads only add synchronisation (and stall under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(layer: str, kind: str, **overrides) -> PixelRNN:

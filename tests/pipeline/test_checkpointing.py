@@ -23,12 +23,7 @@ from pixelrnn_model import PixelRNN
 CFG = merge([{"model.num_layers": 2, "model.hidden_channels": 12, "model.head_channels": 12}])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trained(steps: int = 2):

@@ -24,13 +24,7 @@ from pixelrnn_model import ModelConfig, PixelRNN, bits_per_dim, nll_nats
 TINY = ModelConfig(num_layers=2, hidden_channels=12, head_channels=12)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
