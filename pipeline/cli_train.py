@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.cli_options import add_experiment_options
 from pipeline.config import load_config
 
 
@@ -14,19 +15,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train a PixelRNN on Ray Train, tracked in MLflow",
         description="Train a PixelRNN with Ray Train (DDP workers), logging to MLflow.",
     )
-    parser.add_argument("--config", required=True, help="experiment YAML (deltas from defaults)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config key, e.g. --set optim.lr=3e-4 (repeatable)",
-    )
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run named by train.run_name (default: this experiment's latest run) "
+    add_experiment_options(
+        parser,
+        "optim.lr=3e-4",
+        "continue the run named by train.run_name (default: this experiment's latest run) "
         "from its last checkpoint, in the same MLflow run",
     )
     parser.set_defaults(func=run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.cli_options import add_experiment_options
 from pipeline.config import load_config
 
 
@@ -17,7 +18,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "ASHA stops weak trials at epoch rungs; the best trial's config is written out as an "
         "experiment file.",
     )
-    parser.add_argument("--config", required=True, help="experiment YAML (deltas from defaults)")
+    add_experiment_options(
+        parser,
+        "tune.grace_period_epochs=2",
+        "continue the sweep named by tune.sweep_name (default: this experiment's latest) "
+        "without rerunning finished trials",
+    )
     parser.add_argument(
         "--space",
         help="search space: row_lstm, diagonal_bilstm, pixelcnn or cross_architecture "
@@ -28,20 +34,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-concurrent",
         type=int,
         help="trials at once (tune.max_concurrent_trials; default: as many as the cluster holds)",
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config key, e.g. --set tune.grace_period_epochs=2 (repeatable)",
-    )
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the sweep named by tune.sweep_name (default: this experiment's latest) "
-        "without rerunning finished trials",
     )
     parser.set_defaults(func=run)
 
