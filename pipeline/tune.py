@@ -151,7 +151,9 @@ class SweepCallback(ray.tune.Callback):
         epoch = (trial.last_result or {}).get("epoch", 0)
         note = f"stopped by ASHA after epoch {epoch}"
         tags = {sweeps.STOPPED_EARLY_TAG: "true", "pixelrnn.stopped_message": note}
-        stopped = self._close(trial, "KILLED", note, tags)
+        # A trial Tune reports complete did not fail: a FAILED run here is the stop's kill
+        # interrupting `run_training` before this callback ran.
+        stopped = self._close(trial, "KILLED", note, tags, also_failed=True)
         logger.info("trial %s %s after epoch %d", trial.trial_id,
                     "stopped early by ASHA" if stopped else "finished", epoch)  # fmt: skip
 
@@ -160,15 +162,18 @@ class SweepCallback(ray.tune.Callback):
         self._close(trial, "FAILED", f"trial failed after epoch {epoch}", {})
         logger.warning("trial %s failed; its error: %s", trial.trial_id, trial.error_file)
 
-    def _close(self, trial, status: str, message: str, tags: dict[str, str]) -> bool:
-        """End the trial's MLflow run if it is still RUNNING; True when it was."""
+    def _close(
+        self, trial, status: str, message: str, tags: dict[str, str], also_failed: bool = False
+    ) -> bool:
+        """End the trial's MLflow run if it is still RUNNING (or FAILED, with `also_failed`);
+        True when it was."""
         folder = Path(self.train_root) / trial.trial_id
         if not (folder / runs.RECORD_FILE).is_file():
             return False
         run = runs.RunRecord.load(folder)
         tracker = tracking.RunTracker(run.tracking_uri, run.mlflow_run_id)
         try:
-            if tracker.status() != "RUNNING":
+            if tracker.status() not in (("RUNNING", "FAILED") if also_failed else ("RUNNING",)):
                 return False
             tracker.set_tags(tags)
             tracker.finish(status, message)
