@@ -12,6 +12,8 @@ down one row so that no position sees its own row's future.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 from torch import Tensor, nn
 
@@ -20,19 +22,27 @@ from pixelrnn_model.masked_conv import MaskedConv2d
 from pixelrnn_model.skew import shift_down
 
 
-def diagonal_order(height: int, width: int, device: torch.device) -> tuple[Tensor, list[int]]:
-    """Raster indices sorted by diagonal s = r + j, then by row, and the length of each diagonal.
+@lru_cache(maxsize=64)
+def diagonal_order(
+    height: int, width: int, device: torch.device
+) -> tuple[Tensor, Tensor, tuple[int, ...]]:
+    """Raster indices sorted by diagonal s = r + j, then by row; its inverse; diagonal lengths.
+
+    Cached per (H, W, device): every layer of every forward pass uses the same geometry.
 
     Returns:
         order: int64 (H*W,) raster index r*W + j of each position in diagonal-major order.
+        raster: int64 (H*W,) the inverse permutation (diagonal-major index of each position).
         counts: H+W-1 diagonal lengths, summing to H*W.
     """
     rows = torch.arange(height, device=device)[:, None]  # (H, 1)
     cols = torch.arange(width, device=device)[None, :]  # (1, W)
     diagonal = (rows + cols).flatten()  # (H*W,)
     order = torch.argsort(diagonal * height + rows.expand(height, width).flatten())
-    counts = torch.bincount(diagonal, minlength=height + width - 1).tolist()
-    return order, counts
+    raster = torch.empty_like(order)
+    raster[order] = torch.arange(order.numel(), device=device)
+    counts = tuple(torch.bincount(diagonal, minlength=height + width - 1).tolist())
+    return order, raster, counts
 
 
 class DiagonalBiLSTM(nn.Module):
@@ -64,7 +74,7 @@ class DiagonalBiLSTM(nn.Module):
     def scan_diagonals(self, input_to_state: Tensor) -> Tensor:
         """(D, B, 4h, H, W) -> hidden states (D, B, h, H, W), one step per diagonal."""
         D, B, _, H, W = input_to_state.shape
-        order, counts = diagonal_order(H, W, input_to_state.device)
+        order, raster, counts = diagonal_order(H, W, input_to_state.device)
         sequence = input_to_state.flatten(3)[..., order]  # (D, B, 4h, H*W) diagonal-major
         sequence = sequence.permute(0, 3, 1, 2).contiguous()  # (D, H*W, B, 4h)
         weight = self.scan.state_to_state_matrix(input_to_state.dtype)  # (D, 2h, 4h)
@@ -89,7 +99,5 @@ class DiagonalBiLSTM(nn.Module):
             )
             h, c = h.view(D, n, B, -1), c.view(D, n, B, -1)
             outputs.append(h)
-        raster = torch.empty_like(order)
-        raster[order] = torch.arange(order.numel(), device=order.device)
         hidden = torch.cat(outputs, dim=1)[:, raster]  # (D, H*W, B, h) raster order
         return hidden.view(D, H, W, B, -1).permute(0, 3, 4, 1, 2)  # (D, B, h, H, W)

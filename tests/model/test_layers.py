@@ -7,15 +7,16 @@ import torch
 import torch.nn.functional as F
 
 from pixelrnn_model.conv_lstm import ConvLSTMScan, lstm_cell
-from pixelrnn_model.skew import shift_down, skew, unskew
+from pixelrnn_model.diagonal_lstm import diagonal_order
+from pixelrnn_model.skew import shift_down
 
 
-def test_skew_literal_and_round_trip():
-    x = torch.arange(1, 7).view(1, 1, 2, 3).float()  # [[1 2 3] [4 5 6]]
-    assert skew(x)[0, 0].tolist() == [[1, 2, 3, 0], [0, 4, 5, 6]]
-    y = torch.randn(2, 5, 4, 7, dtype=torch.float64)
-    assert torch.equal(unskew(skew(y), 7), y)
-    assert skew(y).shape == (2, 5, 4, 10)
+def test_diagonal_order_visits_the_skewed_columns_in_order():
+    # 2x3 image, raster indices [[0 1 2] [3 4 5]]; skewed columns: {0}, {1, 3}, {2, 4}, {5}.
+    order, raster, counts = diagonal_order(2, 3, torch.device("cpu"))
+    assert order.tolist() == [0, 1, 3, 2, 4, 5]
+    assert counts == (1, 2, 2, 1)
+    assert torch.equal(order[raster], torch.arange(6))
 
 
 def test_shift_down_moves_rows_and_zeroes_the_first():
