@@ -26,10 +26,16 @@ FORMAT_VERSION = 1
 
 @dataclass(frozen=True)
 class Progress:
-    """Where training stands: `epoch` epochs and `step` optimizer steps are complete."""
+    """Where training stands: `epoch` epochs and `step` optimizer steps are complete.
+
+    `seconds` is the wall-clock time the training loop has spent so far, over all restarts and
+    resumes (what `train.max_minutes` counts); `budget_spent` says that budget ended training.
+    """
 
     epoch: int = 0
     step: int = 0
+    seconds: float = 0.0
+    budget_spent: bool = False
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -79,6 +85,8 @@ def save_checkpoint(
         "optimizer": optimizer.state_dict(),
         "epoch": progress.epoch,
         "step": progress.step,
+        "seconds": progress.seconds,
+        "budget_spent": progress.budget_spent,
         "config": config.to_dict(),
         "metrics": dict(metrics or {}),
         "image_shape": list(image_shape),
@@ -131,7 +139,12 @@ def restore(
         torch.set_rng_state(payload["rng"]["torch"])
         if "cuda" in payload["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
-    return Progress(epoch=payload["epoch"], step=payload["step"])
+    return Progress(
+        epoch=payload["epoch"],
+        step=payload["step"],
+        seconds=float(payload.get("seconds", 0.0)),
+        budget_spent=bool(payload.get("budget_spent", False)),
+    )
 
 
 @dataclass(frozen=True)

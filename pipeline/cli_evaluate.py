@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> str:
 
     from pipeline import data, ray_runtime
     from pipeline.engine import evaluate, pixel_batches
+    from pipeline.sanity import dataset_name, leak_warning
 
     trained, tracking_uri = load_model(args)
     model_cfg = trained.model.config
@@ -56,7 +57,9 @@ def run(args: argparse.Namespace) -> str:
     if args.run_id:
         _log_back(tracking_uri, args.run_id, args.split, metrics, trained.metrics)
     nats = f", {metrics['nll_nats']:.2f} nats/image" if model_cfg.levels == 2 else ""
-    return f"{args.split}: {metrics['bits_per_dim']:.4f} bits/dim{nats} over {count} images"
+    line = f"{args.split}: {metrics['bits_per_dim']:.4f} bits/dim{nats} over {count} images"
+    warning = leak_warning(dataset_name(dataset.manifest), metrics, args.split)
+    return f"{warning}\n{line}" if warning else line
 
 
 def _counted(batches, bar):

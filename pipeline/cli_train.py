@@ -40,4 +40,8 @@ def run(args: argparse.Namespace) -> str:
     ]
     if summary.tracking_uri.startswith("sqlite:"):
         lines.append(f"view it with: mlflow ui --backend-store-uri {summary.tracking_uri}")
+    if metrics.get("time/train_minutes") is not None:
+        lines.insert(1, f"training loop: {metrics['time/train_minutes']:.1f} min of wall clock")
+    if summary.warning:
+        lines.insert(0, summary.warning)
     return "\n".join(lines)

@@ -90,7 +90,12 @@ class TrainConfig:
     batch_size_per_worker: int = 16  # images per optimizer step on each worker
     max_steps_per_epoch: int = 0  # cut epochs short (0: the whole split)
     max_val_batches: int = 0  # batches per worker per validation (0: the whole split)
+    # Wall-clock budget of the training loop in minutes, over all restarts and resumes (0: none).
+    # When it is spent, training stops after the current step; the run then validates,
+    # checkpoints and samples as after its last epoch.
+    max_minutes: float = 0.0
     report_every_steps: int = 0  # also report train + val metrics every N steps (0: never)
+    interim_val_batches: int = 0  # batches per worker for those reports' val (0: max_val_batches)
     seed: int = 0  # worker r in epoch e derives its seeds from (seed, r, e)
     # "auto": bf16 autocast on GPU, fp32 on CPU; "bf16": bf16 wherever the device computes it
     # natively (GPUs, CPUs with AVX-512 BF16 or AMX); "fp32": never. Losses stay float32.
@@ -102,7 +107,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _at_least("train", self, 1, "epochs", "batch_size_per_worker", "keep_best")
-        _at_least("train", self, 0, "max_steps_per_epoch", "max_val_batches", "report_every_steps")
+        _at_least("train", self, 0, "max_steps_per_epoch", "max_val_batches", "report_every_steps",
+                  "interim_val_batches", "max_minutes")  # fmt: skip
         _require("/" not in self.run_name, "train.run_name", "must not contain '/'")
         _require(
             self.precision in PRECISIONS,

@@ -79,6 +79,34 @@ def all_reduce_sum(values: Tensor) -> Tensor:
     return values
 
 
+class TimeBudget:
+    """A wall-clock budget for the training loop that every DDP rank agrees on.
+
+    Each rank reads its own clock; `spent()` all-reduces the verdict, so all ranks stop after
+    the same optimizer step (a rank that stopped alone would hang the others' gradient sync).
+    """
+
+    def __init__(self, minutes: float, seconds_before: float, device: torch.device):
+        """`minutes` 0 means no budget; `seconds_before` were spent by earlier attempts."""
+        self.limit_s = minutes * 60.0
+        self.seconds_before = seconds_before
+        self.device = device
+        self.started = time.monotonic()
+        self.over = False
+
+    def seconds(self) -> float:
+        """Wall-clock seconds spent by the training loop, earlier attempts included."""
+        return self.seconds_before + time.monotonic() - self.started
+
+    def spent(self) -> bool:
+        """Whether the budget is used up on any rank (collective: call it on every rank)."""
+        if not self.limit_s or self.over:
+            return self.over
+        local = torch.tensor([float(self.seconds() >= self.limit_s)], device=self.device)
+        self.over = bool(all_reduce_sum(local).item() > 0)
+        return self.over
+
+
 @dataclass(frozen=True)
 class StepResult:
     """One optimizer step: summed nats of its images, image and sub-pixel counts, grad norm."""
@@ -248,6 +276,7 @@ def train_epoch(
     on_report: Callable[[int, dict[str, float]], None] | None = None,
     bf16: bool = False,
     log_progress: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[int, dict[str, float]]:
     """Train over `batches` once, setting the scheduled learning rate before every step.
 
@@ -259,6 +288,7 @@ def train_epoch(
         max_steps: stop after this many steps (0: all batches).
         report_every: call `on_report(step, metrics)` every this many steps (0: never).
         log_progress: log a running loss every `PROGRESS_EVERY_S` seconds.
+        should_stop: asked before every step; True ends the epoch there (a spent time budget).
 
     Returns:
         (optimizer steps taken in total, the epoch's metrics over all ranks).
@@ -267,7 +297,7 @@ def train_epoch(
     epoch_meter, interval_meter = TrainMeter(), TrainMeter()
     step, lr, last_log = start_step, schedule(start_step), time.perf_counter()
     for index, pixels in enumerate(batches):
-        if max_steps and index >= max_steps:
+        if (max_steps and index >= max_steps) or (should_stop is not None and should_stop()):
             break
         if index == 0:  # throughput counts from the first batch, not the pipeline's start-up
             epoch_meter, interval_meter = TrainMeter(), TrainMeter()

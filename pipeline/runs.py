@@ -49,6 +49,7 @@ class TrainingSummary:
     epochs: int
     metrics: dict[str, Any]
     best_checkpoint: str
+    warning: str = ""  # a sanity check's verdict on the final metrics (see pipeline.sanity)
 
 
 @dataclass(frozen=True)

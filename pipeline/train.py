@@ -19,7 +19,7 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, UserCallback
 from ray.train import ScalingConfig as RayScalingConfig
 
-from pipeline import data, ray_runtime, runs, storage, tracking
+from pipeline import data, ray_runtime, runs, sanity, storage, tracking
 from pipeline.checkpointing import (
     CHECKPOINT_FILE,
     SAMPLES_FILE,
@@ -32,6 +32,7 @@ from pipeline.checkpointing import (
 from pipeline.config import ExperimentConfig
 from pipeline.engine import (
     NonFiniteLossError,
+    TimeBudget,
     evaluate,
     learning_rate,
     make_optimizer,
@@ -89,38 +90,56 @@ def train_loop_per_worker(config: dict) -> dict:
     progress = _restore(ray.train.get_checkpoint(), model, optimizer, rank)  # [ray 2] resume
     train_shard = ray.train.get_dataset_shard("train")  # [ray 3] data
     val_shard = ray.train.get_dataset_shard("val")
-    bf16 = use_bf16(cfg.train.precision, ray.train.torch.get_device())
+    device = ray.train.torch.get_device()
+    bf16 = use_bf16(cfg.train.precision, device)
+    budget = TimeBudget(cfg.train.max_minutes, progress.seconds, device)
     for epoch in range(progress.epoch, cfg.train.epochs):
+        if budget.spent():
+            break
         batches = _batches(train_shard, cfg, epoch, rank, shuffle=True)
         validate = _validator(cfg, model, val_shard, epoch, rank, bf16)
         try:
             step, train_metrics = _train(
-                cfg, plan, model, optimizer, batches, progress, validate, rank
+                cfg, plan, model, optimizer, batches, progress, validate, rank, budget
             )
         except NonFiniteLossError as error:
             return {"status": "non_finite", "message": str(error), "epoch": epoch}
-        progress = Progress(epoch=epoch + 1, step=step)
-        metrics = {**train_metrics, **validate(), "epoch": progress.epoch, "step": step}
+        metrics = {**train_metrics, **validate(), "epoch": epoch + 1, "step": step}
+        progress = Progress(epoch=epoch + 1, step=step, seconds=budget.seconds(),
+                            budget_spent=budget.over)  # fmt: skip
+        metrics["time/train_minutes"] = progress.seconds / 60.0
         _checkpoint_and_report(cfg, plan, model, optimizer, progress, metrics, rank)  # [ray 4, 5]
+        if budget.over:
+            logger.info("time budget of %g min spent after step %d", cfg.train.max_minutes, step)
+            break
     return {"status": "completed", "epoch": progress.epoch}
 
 
 def _validator(cfg: ExperimentConfig, model, val_shard, epoch: int, rank: int, bf16: bool):
-    """() -> {"val/bits_per_dim", "val/nll_nats"} over the validation shards of all ranks."""
+    """(interim=False) -> {"val/bits_per_dim", "val/nll_nats"} over all ranks' val shards.
 
-    def validate() -> dict[str, float]:
+    Interim reports (`train.report_every_steps`) score `train.interim_val_batches` batches per
+    rank when that is set; epoch ends score `train.max_val_batches` (0: the whole split).
+    """
+
+    def validate(interim: bool = False) -> dict[str, float]:
         batches = _batches(val_shard, cfg, epoch, rank, shuffle=False)
-        val = evaluate(unwrap(model), batches, cfg.train.max_val_batches, bf16)
+        limit = cfg.train.max_val_batches
+        if interim and cfg.train.interim_val_batches:
+            limit = cfg.train.interim_val_batches
+        val = evaluate(unwrap(model), batches, limit, bf16)
         return {f"val/{key}": value for key, value in val.items()}
 
     return validate
 
 
-def _train(cfg, plan: runs.RunPlan, model, optimizer, batches, progress, validate, rank: int):
+def _train(cfg, plan: runs.RunPlan, model, optimizer, batches, progress, validate, rank, budget):
     total_steps = plan.steps_per_epoch * cfg.train.epochs
 
     def report_interim(step: int, metrics: dict[str, float]) -> None:
-        ray.train.report({**metrics, **validate(), "step": step})  # [ray 5] no checkpoint
+        metrics = {**metrics, **validate(interim=True), "step": step,
+                   "time/train_minutes": budget.seconds() / 60.0}  # fmt: skip
+        ray.train.report(metrics)  # [ray 5] no checkpoint
 
     return train_epoch(
         model, optimizer, batches, cfg.optim,
@@ -128,6 +147,7 @@ def _train(cfg, plan: runs.RunPlan, model, optimizer, batches, progress, validat
         start_step=progress.step, max_steps=cfg.train.max_steps_per_epoch,
         report_every=cfg.train.report_every_steps, on_report=report_interim,
         bf16=use_bf16(cfg.train.precision, ray.train.torch.get_device()), log_progress=rank == 0,
+        should_stop=budget.spent if cfg.train.max_minutes else None,
     )  # fmt: skip
 
 
@@ -152,7 +172,8 @@ def _checkpoint_and_report(cfg, plan, model, optimizer, progress, metrics, rank)
         if rank == 0:  # [ray 4] rank 0 writes
             shape = (plan.channels, plan.height, plan.width)
             save_checkpoint(tmp, model, optimizer, progress, cfg, metrics, shape)
-            if wants_samples(cfg.tracking, progress.epoch, cfg.train.epochs):
+            last_epoch = progress.epoch if progress.budget_spent else cfg.train.epochs
+            if wants_samples(cfg.tracking, progress.epoch, last_epoch):
                 seed = worker_seed(cfg.train.seed, 0, progress.epoch)
                 write_samples(unwrap(model), cfg.tracking, plan.height, plan.width, seed,
                               Path(tmp) / SAMPLES_FILE)  # fmt: skip
@@ -292,10 +313,12 @@ def run_training(
     except Exception as error:
         tracker.finish("FAILED", repr(error))
         raise
-    return _finish(cfg, result, record, tracker)
+    return _finish(cfg, result, record, tracker, sanity.dataset_name(dataset.manifest))
 
 
-def _finish(cfg: ExperimentConfig, result, record: runs.RunRecord, tracker) -> runs.TrainingSummary:
+def _finish(
+    cfg: ExperimentConfig, result, record: runs.RunRecord, tracker, dataset_name: str
+) -> runs.TrainingSummary:
     outcome = result.return_value or {}
     where = record.storage_path  # Ray reports paths inside its filesystem: make them locations
     last_good = (storage.location_of(where, result.checkpoint.path) if result.checkpoint
@@ -313,7 +336,13 @@ def _finish(cfg: ExperimentConfig, result, record: runs.RunRecord, tracker) -> r
     tracker.log_metrics({"best/val_bits_per_dim": best_metrics[SCORE_METRIC]}, int(metrics["step"]))
     best_location = storage.location_of(where, best.path)
     tracker.set_tags({"pixelrnn.best_checkpoint": best_location})
+    val = {key.removeprefix("val/"): value for key, value in metrics.items()
+           if key.startswith("val/")}  # fmt: skip
+    warning = sanity.leak_warning(dataset_name, val) or ""
+    if warning:
+        logger.warning(warning)
+        tracker.set_tags({"pixelrnn.sanity": warning})
     tracker.finish("FINISHED")
     return runs.TrainingSummary(record.name, record.directory, tracker.tracking_uri,
                                 tracker.run_id, int(metrics["epoch"]), metrics,
-                                best_location)  # fmt: skip
+                                best_location, warning)  # fmt: skip

@@ -39,7 +39,7 @@ def trained(steps: int = 2):
 def test_round_trip_restores_identical_predictions_optimizer_and_rng(tmp_path):
     model, optimizer, pixels = trained()
     path = save_checkpoint(
-        tmp_path, model, optimizer, Progress(3, 17), CFG, {"val/x": 1.5}, (3, 8, 8)
+        tmp_path, model, optimizer, Progress(3, 17, 95.5, True), CFG, {"val/x": 1.5}, (3, 8, 8)
     )
     assert path == tmp_path / CHECKPOINT_FILE
     assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_FILE]  # no partial file left
@@ -49,7 +49,7 @@ def test_round_trip_restores_identical_predictions_optimizer_and_rng(tmp_path):
     fresh = PixelRNN(CFG.model)
     fresh_optimizer = make_optimizer(fresh.parameters(), CFG.optim)
     progress = restore(tmp_path, fresh, fresh_optimizer)
-    assert progress == Progress(epoch=3, step=17)
+    assert progress == Progress(epoch=3, step=17, seconds=95.5, budget_spent=True)
     assert torch.rand(3).equal(expected_random)
     with torch.no_grad():
         assert torch.equal(model.eval()(pixels), fresh.eval()(pixels))

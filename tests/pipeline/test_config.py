@@ -12,7 +12,7 @@ from pipeline.config import ExperimentConfig, field_types, load_config, merge, r
 from pipeline.errors import ConfigError
 from pixelrnn_model import PRESETS
 
-EXPERIMENTS = sorted((Path(__file__).resolve().parents[2] / "experiments").glob("*.yaml"))
+EXPERIMENTS = sorted((Path(__file__).resolve().parents[2] / "experiments").rglob("*.yaml"))
 PAPER_FILES = {
     "mnist_diagonal_bilstm", "cifar10_row_lstm", "cifar10_diagonal_bilstm", "cifar10_pixelcnn",
     "imagenet32_row_lstm", "imagenet64_row_lstm",
@@ -92,6 +92,9 @@ def test_global_batch_size():
         ({"model.layer": "gru"}, "model.layer: expected one of"),
         ({"preset": "cifar100"}, "preset: unknown preset 'cifar100'"),
         ({"train.run_name": "a/b"}, "train.run_name: must not contain '/'"),
+        ({"train.max_minutes": -1}, "train.max_minutes: must be >= 0"),
+        ({"train.max_minutes": "2h"}, "train.max_minutes: expected float, got '2h'"),
+        ({"train.interim_val_batches": -2}, "train.interim_val_batches: must be >= 0"),
     ],
 )
 def test_bad_values_are_rejected_naming_the_key(layer, fragment):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch
 from pipeline.config import OptimConfig
 from pipeline.engine import (
     NonFiniteLossError,
+    TimeBudget,
     center_crop,
     evaluate,
     learning_rate,
@@ -118,6 +120,33 @@ def test_train_epoch_reports_and_stops_at_max_steps(model, pixels):
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 / 12)
     assert set(metrics) == {"train/bits_per_dim", "train/nll_nats", "train/grad_norm",
                             "train/lr", "throughput/images_per_s"}  # fmt: skip
+
+
+def test_train_epoch_stops_when_asked_before_a_step(model, pixels):
+    optimizer = make_optimizer(model.parameters(), OptimConfig())
+    asked = []
+
+    def stop_after_three() -> bool:
+        asked.append(len(asked))
+        return len(asked) > 3
+
+    step, metrics = train_epoch(
+        model, optimizer, [pixels] * 10, OptimConfig(), schedule=lambda s: 1e-3, start_step=0,
+        should_stop=stop_after_three,
+    )  # fmt: skip
+    assert step == 3 and len(asked) == 4
+    assert metrics["train/nll_nats"] > 0
+
+
+def test_time_budget_counts_earlier_attempts_and_stays_spent():
+    assert not TimeBudget(0.0, 1e9, torch.device("cpu")).spent()  # 0: no budget at all
+    fresh = TimeBudget(1.0, 0.0, torch.device("cpu"))
+    assert not fresh.spent() and fresh.seconds() < 60
+    resumed = TimeBudget(1.0, 59.999, torch.device("cpu"))
+    time.sleep(0.01)
+    assert resumed.spent() and resumed.over
+    resumed.seconds_before = 0.0  # once every rank agreed it is spent, it stays spent
+    assert resumed.spent()
 
 
 def test_center_crop_and_pixel_batches():

@@ -1,0 +1,49 @@
+"""`train.max_minutes`: a wall-clock budget ends a real Ray Train run like a last epoch would.
+
+The run stops mid-schedule once the budget is spent, still validates, checkpoints and draws its
+sample grid, records the time it used, and a resume with a larger budget carries on from there
+(the time already spent counts against the new budget).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from train_support import prepare_tiny_dataset, tiny_config
+
+from pipeline.checkpointing import load_checkpoint
+from pipeline.tracking import RunTracker
+from pipeline.train import run_training
+
+pytestmark = pytest.mark.ray
+EPOCHS = 1000  # far more than the budget allows
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    return sorted(run_dir.glob("epoch_*"))[-1]
+
+
+def test_spent_budget_ends_the_run_and_a_larger_one_resumes_it(ray_cluster, tmp_path):
+    dataset_root = prepare_tiny_dataset(tmp_path)
+    budget = {"train.run_name": "budget", "train.epochs": EPOCHS, "train.max_val_batches": 1}
+    cfg = tiny_config(dataset_root, tmp_path, **budget, **{"train.max_minutes": 0.05})
+    summary = run_training(cfg)
+
+    assert 1 <= summary.epochs < EPOCHS
+    last = last_checkpoint(tmp_path / "runs" / "budget")
+    payload = load_checkpoint(last)
+    assert payload["budget_spent"] is True
+    assert 3.0 <= payload["seconds"] < 60.0  # 0.05 min = 3 s, plus at most one step and val
+    assert (last / "samples.png").is_file()  # drawn as after a last epoch
+    tracker = RunTracker(summary.tracking_uri, summary.mlflow_run_id)
+    minutes = [value for _, value in tracker.metric_history("time/train_minutes")]
+    assert minutes == sorted(minutes) and minutes[-1] >= 0.05
+    assert tracker.status() == "FINISHED"
+
+    longer = tiny_config(dataset_root, tmp_path, **budget, **{"train.max_minutes": 0.15})
+    resumed = run_training(longer, resume=True)
+    assert resumed.mlflow_run_id == summary.mlflow_run_id
+    assert summary.epochs < resumed.epochs < EPOCHS
+    payload = load_checkpoint(last_checkpoint(tmp_path / "runs" / "budget"))
+    assert payload["budget_spent"] is True and payload["seconds"] >= 9.0
