@@ -16,6 +16,10 @@ from torch import Tensor, nn
 def lstm_cell(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
     """One LSTM update: sigmoid on the o, f, i gates, tanh on the content gate g.
 
+    Under autograd this is one node with a hand-written backward (`_FusedLSTMCell`): the
+    recurrences call it once per scan step, and nine autograd nodes per step cost more than
+    their arithmetic at small h.
+
     Args:
         gates: (..., 4h) pre-activations ordered [o, f, i, g].
         c_prev: (..., h) previous cell state.
@@ -23,11 +27,53 @@ def lstm_cell(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
     Returns:
         (h, c): new hidden and cell state, each (..., h).
     """
+    if torch.is_grad_enabled() and (gates.requires_grad or c_prev.requires_grad):
+        return _FusedLSTMCell.apply(gates, c_prev)
+    return _lstm_forward(gates, c_prev)[:2]
+
+
+def _lstm_forward(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(h, c, sigmoid(o, f, i) (..., 3h), tanh(g) (..., h), tanh(c) (..., h))."""
     hidden = c_prev.shape[-1]
-    output_gate, forget_gate, input_gate = torch.sigmoid(gates[..., : 3 * hidden]).chunk(3, -1)
+    gate_values = torch.sigmoid(gates[..., : 3 * hidden])  # (..., 3h): o, f, i
+    output_gate, forget_gate, input_gate = gate_values.split(hidden, -1)
     content = torch.tanh(gates[..., 3 * hidden :])
-    c = forget_gate * c_prev + input_gate * content
-    return output_gate * torch.tanh(c), c
+    c = torch.addcmul(forget_gate * c_prev, input_gate, content)
+    tanh_c = torch.tanh(c)
+    return output_gate * tanh_c, c, gate_values, content, tanh_c
+
+
+class _FusedLSTMCell(torch.autograd.Function):
+    """`lstm_cell` as one autograd node; saves sigmoid(o, f, i), tanh(g), c_prev and tanh(c)."""
+
+    @staticmethod
+    def forward(ctx, gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
+        h, c, gate_values, content, tanh_c = _lstm_forward(gates, c_prev)
+        ctx.save_for_backward(gate_values, content, c_prev, tanh_c)
+        return h, c
+
+    @staticmethod
+    def backward(ctx, grad_h: Tensor | None, grad_c: Tensor | None) -> tuple[Tensor, Tensor]:
+        gate_values, content, c_prev, tanh_c = ctx.saved_tensors
+        hidden = c_prev.shape[-1]
+        output_gate, forget_gate, input_gate = gate_values.split(hidden, -1)
+        if grad_h is None:
+            grad_h = torch.zeros_like(tanh_c)
+        # dL/dc = dL/dc (from the next step) + dL/dh * o * (1 - tanh(c)^2)
+        grad_cell = grad_h * output_gate * (1 - tanh_c * tanh_c)
+        if grad_c is not None:
+            grad_cell = grad_cell + grad_c
+        grad_gate_values = torch.cat(
+            [grad_h * tanh_c, grad_cell * c_prev, grad_cell * content], dim=-1
+        )  # (..., 3h): d/d(o, f, i)
+        grad_gates = torch.cat(
+            [
+                grad_gate_values * gate_values * (1 - gate_values),
+                grad_cell * input_gate * (1 - content * content),
+            ],
+            dim=-1,
+        )  # (..., 4h)
+        return grad_gates, grad_cell * forget_gate
 
 
 class ConvLSTMScan(nn.Module):

@@ -8,6 +8,12 @@ step processes exactly the positions of one diagonal; states outside the image a
 state (zero unless learned), which is what the zero-padded skewed map holds there. The
 right-to-left direction runs on the width-flipped map; its output is flipped back and shifted
 down one row so that no position sees its own row's future.
+
+All of it is done on rows of channel-last matrices: the residual stream is gathered once into
+diagonal-major (position, batch, channel) rows for both directions (one `index_select`), the
+1x1 input-to-state convolution is one batched product over those rows, and one gather per
+direction brings the hidden states back to raster order, the flip and the one-row shift folded
+into its indices.
 """
 
 from __future__ import annotations
@@ -15,11 +21,11 @@ from __future__ import annotations
 from functools import lru_cache
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelrnn_model.conv_lstm import ConvLSTMScan
 from pixelrnn_model.masked_conv import MaskedConv2d
-from pixelrnn_model.skew import shift_down
 
 
 @lru_cache(maxsize=64)
@@ -45,6 +51,32 @@ def diagonal_order(
     return order, raster, counts
 
 
+@lru_cache(maxsize=64)
+def bidirectional_gathers(
+    height: int, width: int, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor, tuple[int, ...]]:
+    """Indices that move rows between raster order and both directions' diagonal-major order.
+
+    Cached per (H, W, device).
+
+    Returns:
+        into_scan: int64 (2*H*W,) raster index of each diagonal-major row, left-to-right
+            direction then right-to-left (which scans the width-flipped image).
+        from_left: int64 (H*W,) for each raster position, its row in the left-to-right scan.
+        from_right: int64 (H*W,) for each raster position (r, j), the row of (r-1, j) in the
+            right-to-left scan: the paper's one-row shift; row 0 points at H*W, a zero row.
+        counts: H+W-1 diagonal lengths.
+    """
+    order, raster, counts = diagonal_order(height, width, device)
+    flipped = order // width * width + (width - 1 - order % width)  # same diagonals, mirrored
+    into_scan = torch.cat([order, flipped])
+    from_right = torch.empty_like(raster)
+    from_right[flipped] = torch.arange(order.numel(), device=device)
+    shifted = torch.full_like(from_right, order.numel())  # row 0: nothing above it
+    shifted[width:] = from_right[:-width]
+    return into_scan, raster, shifted, counts
+
+
 class DiagonalBiLSTM(nn.Module):
     """Both diagonal directions, scanned together, plus the 1x1 output convolution.
 
@@ -65,19 +97,28 @@ class DiagonalBiLSTM(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, 2h, H, W) -> (B, 2h, H, W)."""
-        left, right = self.input_to_state(x).chunk(2, dim=1)  # each (B, 4h, H, W)
-        both = torch.stack([left, right.flip(3)])  # (2, B, 4h, H, W)
-        hidden = self.scan_diagonals(both)  # (2, B, h, H, W)
-        combined = hidden[0] + shift_down(hidden[1].flip(3))  # (B, h, H, W)
-        return self.output(combined)
+        B, channels, H, W = x.shape
+        into_scan, from_left, from_right, counts = bidirectional_gathers(H, W, x.device)
+        rows = x.flatten(2).permute(2, 0, 1)  # (H*W, B, 2h) raster order, a view
+        rows = rows.index_select(0, into_scan).view(2, H * W * B, channels)  # diagonal-major
+        weight = self.input_to_state.masked_weight().view(2, 4 * self.hidden, channels)
+        bias = self.input_to_state.bias.view(2, 1, 4 * self.hidden)
+        gates = torch.baddbmm(bias.to(rows.dtype), rows, weight.transpose(1, 2).to(rows.dtype))
+        hidden = self.scan_diagonals(gates.view(2, H * W, B, -1), counts, W)  # (2, H*W, B, h)
+        right = F.pad(hidden[1], (0, 0, 0, 0, 0, 1))  # (H*W + 1, B, h): a zero row at the end
+        combined = hidden[0].index_select(0, from_left) + right.index_select(0, from_right)
+        out_weight = self.output.masked_weight().view(channels, self.hidden)
+        out = torch.addmm(
+            self.output.bias.to(combined.dtype),
+            combined.view(H * W * B, self.hidden),
+            out_weight.t().to(combined.dtype),
+        )  # (H*W*B, 2h)
+        return out.view(H, W, B, channels).permute(2, 3, 0, 1)  # (B, 2h, H, W), a view
 
-    def scan_diagonals(self, input_to_state: Tensor) -> Tensor:
-        """(D, B, 4h, H, W) -> hidden states (D, B, h, H, W), one step per diagonal."""
-        D, B, _, H, W = input_to_state.shape
-        order, raster, counts = diagonal_order(H, W, input_to_state.device)
-        sequence = input_to_state.flatten(3)[..., order]  # (D, B, 4h, H*W) diagonal-major
-        sequence = sequence.permute(0, 3, 1, 2).contiguous()  # (D, H*W, B, 4h)
-        weight = self.scan.state_to_state_matrix(input_to_state.dtype)  # (D, 2h, 4h)
+    def scan_diagonals(self, sequence: Tensor, counts: tuple[int, ...], width: int) -> Tensor:
+        """(D, H*W, B, 4h) diagonal-major input-to-state -> hidden states (D, H*W, B, h)."""
+        D, _, B, _ = sequence.shape
+        weight = self.scan.state_to_state_matrix(sequence.dtype)  # (D, 2h, 4h)
         h0, c0 = self.scan.initial_state(B, 1, sequence)  # (D, B, 1, h)
         h0, c0 = h0.transpose(1, 2), c0.transpose(1, 2)  # (D, 1, B, h)
         h = c = sequence.new_zeros(D, 0, B, self.hidden)  # states of diagonal -1 (empty)
@@ -85,7 +126,7 @@ class DiagonalBiLSTM(nn.Module):
         # split, not slicing: its backward is one cat instead of a zero map per step.
         for s, input_gates in enumerate(sequence.split(counts, dim=1)):  # (D, n, B, 4h)
             n, previous_first_row = input_gates.shape[1], first_row
-            first_row = max(0, s - W + 1)
+            first_row = max(0, s - width + 1)
             offset = first_row - previous_first_row  # 0 or 1
             # Previous diagonal's states covering rows first_row-1 .. first_row+n-1.
             h_ext = torch.cat([h0, h, h0], dim=1)[:, offset : offset + n + 1]  # (D, n+1, B, h)
@@ -99,5 +140,4 @@ class DiagonalBiLSTM(nn.Module):
             )
             h, c = h.view(D, n, B, -1), c.view(D, n, B, -1)
             outputs.append(h)
-        hidden = torch.cat(outputs, dim=1)[:, raster]  # (D, H*W, B, h) raster order
-        return hidden.view(D, H, W, B, -1).permute(0, 3, 4, 1, 2)  # (D, B, h, H, W)
+        return torch.cat(outputs, dim=1)  # (D, H*W, B, h) diagonal-major

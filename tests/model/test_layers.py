@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from pixelrnn_model.conv_lstm import ConvLSTMScan, lstm_cell
-from pixelrnn_model.diagonal_lstm import diagonal_order
+from pixelrnn_model.diagonal_lstm import DiagonalBiLSTM, diagonal_order
 from pixelrnn_model.skew import shift_down
 
 
@@ -39,6 +39,36 @@ def test_lstm_cell_matches_a_hand_computed_step():
     assert h_out.item() == pytest.approx(h, abs=1e-12)
 
 
+def plain_lstm_cell(gates, c_prev):
+    """The textbook cell, differentiated by autograd op by op."""
+    o, f, i, g = gates.chunk(4, -1)
+    c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+@pytest.mark.parametrize("use_c", [True, False])
+def test_fused_cell_backward_matches_autograd_of_the_plain_cell(use_c):
+    torch.manual_seed(0)
+    gates = torch.randn(2, 5, 12, dtype=torch.float64, requires_grad=True)
+    c_prev = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lstm_cell, (gates, c_prev))
+    weights = torch.randn(2, 5, 3, dtype=torch.float64), torch.randn(2, 5, 3, dtype=torch.float64)
+
+    def loss(cell):
+        h, c = cell(gates, c_prev)
+        return (h * weights[0]).sum() + ((c * weights[1]).sum() if use_c else 0)
+
+    fused = torch.autograd.grad(loss(lstm_cell), (gates, c_prev))
+    plain = torch.autograd.grad(loss(plain_lstm_cell), (gates, c_prev))
+    for ours, theirs in zip(fused, plain, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():  # inference takes the plain path: same numbers
+        for ours, theirs in zip(
+            lstm_cell(gates, c_prev), plain_lstm_cell(gates, c_prev), strict=True
+        ):
+            torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("kernel, pad, directions", [(3, (1, 1), 1), (2, (1, 0), 2)])
 @pytest.mark.parametrize("learned", [False, True])
 def test_scan_matches_a_per_step_conv1d_reference(kernel, pad, directions, learned):
@@ -66,3 +96,43 @@ def test_scan_matches_a_per_step_conv1d_reference(kernel, pad, directions, learn
 def test_scan_rejects_padding_that_changes_length():
     with pytest.raises(ValueError, match="padding"):
         ConvLSTMScan(4, 3, (1, 0))
+
+
+def skewed_direction_reference(gates, weight):
+    """One Diagonal LSTM direction on the zero-padded skewed map, a Conv1d per skewed column.
+
+    gates: (B, 4h, H, W) input-to-state; weight: (4h, h, 2) state-to-state -> (B, h, H, W).
+    """
+    B, four_h, H, W = gates.shape
+    skewed = gates.new_zeros(B, four_h, H, W + H - 1)
+    for r in range(H):
+        skewed[:, :, r, r : r + W] = gates[:, :, r]
+    h = c = gates.new_zeros(B, four_h // 4, H)
+    columns = []
+    for column in range(W + H - 1):
+        step = skewed[:, :, :, column] + F.conv1d(F.pad(h, (1, 0)), weight)  # (B, 4h, H)
+        h, c = plain_lstm_cell(step.transpose(1, 2), c.transpose(1, 2))
+        h, c = h.transpose(1, 2), c.transpose(1, 2)
+        columns.append(h)
+    hidden = torch.stack(columns, dim=3)  # (B, h, H, W+H-1)
+    return torch.stack([hidden[:, :, r, r : r + W] for r in range(H)], dim=2)
+
+
+@pytest.mark.parametrize("height, width", [(4, 6), (6, 3), (5, 5), (1, 4)])
+def test_diagonal_bilstm_equals_the_skewed_map_reference(height, width):
+    torch.manual_seed(0)
+    layer = DiagonalBiLSTM(channels=6, hidden=3, colours=3, learn_initial_state=False).double()
+    for parameter in layer.parameters():
+        torch.nn.init.normal_(parameter, std=0.5)
+    x = torch.randn(2, 6, height, width, dtype=torch.float64, requires_grad=True)
+    left, right = layer.input_to_state(x).chunk(2, dim=1)
+    weight = layer.scan.state_to_state
+    forward = skewed_direction_reference(left, weight[0])
+    backward = skewed_direction_reference(right.flip(3), weight[1]).flip(3)
+    expected = layer.output(forward + shift_down(backward))
+    actual = layer(x)
+    torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+    upstream = torch.randn_like(expected)
+    (ours,) = torch.autograd.grad(actual, x, upstream)
+    (theirs,) = torch.autograd.grad(expected, x, upstream)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
