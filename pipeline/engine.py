@@ -288,7 +288,8 @@ def train_epoch(
         max_steps: stop after this many steps (0: all batches).
         report_every: call `on_report(step, metrics)` every this many steps (0: never).
         log_progress: log a running loss every `PROGRESS_EVERY_S` seconds.
-        should_stop: asked before every step; True ends the epoch there (a spent time budget).
+        should_stop: asked before every step but the first; True ends the epoch there (a spent
+            time budget).
 
     Returns:
         (optimizer steps taken in total, the epoch's metrics over all ranks).
@@ -297,7 +298,9 @@ def train_epoch(
     epoch_meter, interval_meter = TrainMeter(), TrainMeter()
     step, lr, last_log = start_step, schedule(start_step), time.perf_counter()
     for index, pixels in enumerate(batches):
-        if (max_steps and index >= max_steps) or (should_stop is not None and should_stop()):
+        if max_steps and index >= max_steps:
+            break
+        if index and should_stop is not None and should_stop():  # every epoch takes a step
             break
         if index == 0:  # throughput counts from the first batch, not the pipeline's start-up
             epoch_meter, interval_meter = TrainMeter(), TrainMeter()

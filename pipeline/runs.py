@@ -23,8 +23,10 @@ if TYPE_CHECKING:
     from pipeline.data import PreparedDataset
 
 RECORD_FILE = "pixelrnn_run.json"
-# Keys a resumed run may change: more epochs, other hardware, another place to look at it.
-RESUMABLE_CHANGES = ("train.epochs", "scaling.", "tracking.sample_every_epochs")
+# Keys a resumed run may change: more epochs or time, other hardware, another place to look at it.
+RESUMABLE_CHANGES = (
+    "train.epochs", "train.max_minutes", "scaling.", "tracking.sample_every_epochs",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,8 @@ def _check_same_experiment(before: ExperimentConfig, after: ExperimentConfig) ->
     if changed:
         raise ConfigError(
             f"--resume: config differs from the run being resumed in {', '.join(changed)}; "
-            "only train.epochs, scaling.* and tracking.sample_every_epochs may change"
+            "only train.epochs, train.max_minutes, scaling.* and tracking.sample_every_epochs "
+            "may change"
         )
 
 
