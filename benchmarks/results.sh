@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce README's "Results": the paper's comparison at small scale on 2 CPU cores.
 #
-#   benchmarks/results.sh [all|mnist|cifar10]      (from the repository root; default: all)
+#   benchmarks/results.sh [all|mnist|cifar10 [ARCH ...]]   (from the repository root; default: all)
 #
 # Needs the real datasets in ../shared/data (or PIXELRNN_DATA_DIR): binarized_mnist/*.npz and
 # cifar-10-batches-bin/data_batch_{1..5}.bin. `all` runs the 2-hour MNIST job on one core while
@@ -22,7 +22,7 @@ mkdir -p results docs/results
 # The final sample grid of a finished run: saved with its last checkpoint.
 copy_grid() {
   local run_dir=results/runs/$1 grid
-  grid=$(ls -d "$run_dir"/epoch_*/samples.png 2>/dev/null | sort | tail -n 1)
+  grid=$(find "$run_dir" -path "*/epoch_*/samples.png" | sort | tail -n 1)
   [ -n "$grid" ] || die "$run_dir: no sample grid in its checkpoints"
   cp "$grid" "docs/results/$1.png"
 }
@@ -34,6 +34,9 @@ mnist() {
     "$PIXELRNN" prepare binarized_mnist --input "$input" --output data/results/binarized-mnist
   "$PIXELRNN" train --config experiments/results/mnist_diagonal_bilstm.yaml
   copy_grid mnist_diagonal_bilstm
+  "$PIXELRNN" compare --experiment results-binarized-mnist --metric val/nll_nats \
+    --tracking-uri sqlite:///results/mnist.db --out docs/results/mnist_curves.png |
+    tee docs/results/mnist_compare.txt
 }
 
 cifar10() {
@@ -42,17 +45,19 @@ cifar10() {
   [ -f data/results/cifar10/manifest.json ] ||
     "$PIXELRNN" prepare cifar10 --input "$input" --output data/results/cifar10 \
       --split val=data_batch_5.bin
-  for arch in "${CIFAR_ARCHS[@]}"; do
+  local archs=("$@")
+  [ ${#archs[@]} -gt 0 ] || archs=("${CIFAR_ARCHS[@]}")
+  for arch in "${archs[@]}"; do
     "$PIXELRNN" train --config "experiments/results/cifar10_$arch.yaml"
     copy_grid "cifar10_$arch"
   done
   "$PIXELRNN" compare --experiment results-cifar10 --tracking-uri sqlite:///results/cifar10.db \
-    --out docs/results/cifar10_curves.png
+    --out docs/results/cifar10_curves.png | tee docs/results/cifar10_compare.txt
 }
 
 case "${1:-all}" in
   mnist) mnist ;;
-  cifar10) cifar10 ;;
+  cifar10) shift; cifar10 "$@" ;;
   all)
     mnist > results/mnist.log 2>&1 &
     mnist_pid=$!

@@ -105,11 +105,13 @@ def train_loop_per_worker(config: dict) -> dict:
         except NonFiniteLossError as error:
             return {"status": "non_finite", "message": str(error), "epoch": epoch}
         metrics = {**train_metrics, **validate(), "epoch": epoch + 1, "step": step}
+        # Spent mid-epoch, at its end or during its validation: this epoch is the last.
+        spent = budget.spent()
         progress = Progress(epoch=epoch + 1, step=step, seconds=budget.seconds(),
-                            budget_spent=budget.over)  # fmt: skip
+                            budget_spent=spent)  # fmt: skip
         metrics["time/train_minutes"] = progress.seconds / 60.0
         _checkpoint_and_report(cfg, plan, model, optimizer, progress, metrics, rank)  # [ray 4, 5]
-        if budget.over:
+        if spent:
             logger.info("time budget of %g min spent after step %d", cfg.train.max_minutes, step)
             break
     return {"status": "completed", "epoch": progress.epoch}
