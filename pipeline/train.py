@@ -93,8 +93,12 @@ def train_loop_per_worker(config: dict) -> dict:
     device = ray.train.torch.get_device()
     bf16 = use_bf16(cfg.train.precision, device)
     budget = TimeBudget(cfg.train.max_minutes, progress.seconds, device)
-    for epoch in range(progress.epoch, cfg.train.epochs):
-        if budget.spent():
+    first_epoch = progress.epoch
+    for epoch in range(first_epoch, cfg.train.epochs):
+        # Resumed with the budget already spent: nothing to do. (Later epochs only start when
+        # it was not spent at the last one's end; one that does starts late takes a step and
+        # ends, so the run's last checkpoint always carries the final grid.)
+        if epoch == first_epoch and budget.spent():
             break
         batches = _batches(train_shard, cfg, epoch, rank, shuffle=True)
         validate = _validator(cfg, model, val_shard, epoch, rank, bf16)
