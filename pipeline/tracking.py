@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from pipeline import sanity
 from pipeline.config import ExperimentConfig, TrackingConfig
 from pipeline.errors import PixelRNNError
 
@@ -92,9 +93,7 @@ def run_tags(cfg: ExperimentConfig, manifest: dict, data_root: str) -> dict[str,
 
 
 def _dataset_name(manifest: dict, data_root: str) -> str:
-    source = manifest.get("source")
-    name = source.get("name") if isinstance(source, dict) else source
-    return str(name or Path(data_root).name)
+    return sanity.dataset_name(manifest) or Path(data_root).name
 
 
 @dataclass
