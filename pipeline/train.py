@@ -104,7 +104,7 @@ def train_loop_per_worker(config: dict) -> dict:
         validate = _validator(cfg, model, val_shard, epoch, rank, bf16)
         try:
             step, train_metrics = _train(
-                cfg, plan, model, optimizer, batches, progress, validate, rank, budget
+                cfg, plan, model, optimizer, batches, progress, validate, rank, budget, bf16
             )
         except NonFiniteLossError as error:
             return {"status": "non_finite", "message": str(error), "epoch": epoch}
@@ -139,7 +139,8 @@ def _validator(cfg: ExperimentConfig, model, val_shard, epoch: int, rank: int, b
     return validate
 
 
-def _train(cfg, plan: runs.RunPlan, model, optimizer, batches, progress, validate, rank, budget):
+def _train(cfg, plan: runs.RunPlan, model, optimizer, batches, progress, validate, rank, budget,
+           bf16: bool):  # fmt: skip
     total_steps = plan.steps_per_epoch * cfg.train.epochs
 
     def report_interim(step: int, metrics: dict[str, float]) -> None:
@@ -152,8 +153,7 @@ def _train(cfg, plan: runs.RunPlan, model, optimizer, batches, progress, validat
         schedule=lambda step: learning_rate(step, cfg.optim, total_steps, plan.steps_per_epoch),
         start_step=progress.step, max_steps=cfg.train.max_steps_per_epoch,
         report_every=cfg.train.report_every_steps, on_report=report_interim,
-        bf16=use_bf16(cfg.train.precision, ray.train.torch.get_device()), log_progress=rank == 0,
-        should_stop=budget.spent if cfg.train.max_minutes else None,
+        bf16=bf16, log_progress=rank == 0, should_stop=budget.spent,
     )  # fmt: skip
 
 
