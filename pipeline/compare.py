@@ -70,7 +70,11 @@ def _row(tracking_uri: str, run: tracking.RunSummary, metric: str, mode: str) ->
     steps_per_epoch = float(run.params.get("derived.steps_per_epoch", 0) or 0)
     curve = [(step / steps_per_epoch if steps_per_epoch else float(step), value)
              for step, value in history]  # fmt: skip
-    values = [value for _, value in history]
+    # The best of the epoch-end reports (the ones with a checkpoint, scored on the whole
+    # validation split): interim reports (`train.report_every_steps`) carry no "epoch" and may
+    # score a subset (`train.interim_val_batches`), so they are drawn but not ranked.
+    epoch_steps = {step for step, _ in tracker.metric_history("epoch")}
+    values = [value for step, value in history if step in epoch_steps] or [v for _, v in history]
     best = (min(values) if mode == "min" else max(values)) if values else float("nan")
     throughput = [value for _, value in tracker.metric_history("throughput/images_per_s")]
     status = STATUS.get(run.status, run.status.lower())

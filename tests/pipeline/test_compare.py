@@ -99,3 +99,19 @@ def test_unknown_experiments_and_runs_are_one_line_errors(store, tmp_path, capsy
     assert main(["compare", "--runs", "0123abcd", *out]) == 2
     assert "no MLflow run '0123abcd'" in capsys.readouterr().err
     assert not (tmp_path / "c.png").exists()
+
+
+def test_best_ranks_epoch_end_reports_only_but_the_curve_keeps_interim_points(tmp_path):
+    """Interim reports carry no "epoch" and may score a validation subset: a lucky subset
+    score must not become the run's best (the checkpointed epoch-end scores are ranked)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = merge([{"tracking.tracking_uri": uri, "tracking.experiment_name": "interim"}])
+    run = tracking.start_run(cfg, "budgeted", {}, {"steps_per_epoch": 10})
+    run.log_metrics({"val/bits_per_dim": 4.40}, step=5)  # interim, 256-image subset
+    run.log_metrics({"val/bits_per_dim": 4.53, "epoch": 1}, step=10)  # whole split
+    run.log_metrics({"val/bits_per_dim": 4.45}, step=15)  # interim
+    run.log_metrics({"val/bits_per_dim": 4.50, "epoch": 2}, step=20)
+    run.finish("FINISHED")
+    (row,) = collect(uri, "val/bits_per_dim", experiment="interim")
+    assert row.best == 4.50
+    assert row.curve == [(0.5, 4.40), (1.0, 4.53), (1.5, 4.45), (2.0, 4.50)]
