@@ -6,9 +6,8 @@ prints images/s for a training step (forward + backward + RMSProp update) and fo
 as a fraction of a large fp32 matmul measured in the same run (the machine's ceiling), and the
 process's peak resident memory (GPU: peak allocated). Each preset and variant runs in its own
 subprocess so peak memory is its own. Variants: `eager` (fp32, the model as trained), `bf16`
-(autocast), `reference` (benchmarks/reference_layers.py: per-step layers and dense masked
-convolutions, the obvious implementation, so the speed-up is a ratio measured in the same run)
-and `compiled`.
+(autocast), `reference` (the per-step layers of benchmarks/reference_layers.py, the obvious
+implementation, so the speed-up is a ratio measured in the same run) and `compiled`.
 
     python benchmarks/model_throughput.py [--presets NAME ...] [--variants ...] [--device cuda]
 """

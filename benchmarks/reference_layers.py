@@ -1,9 +1,8 @@
 """Straightforward per-step PixelRNN layers: the obvious implementation, for speed comparison.
 
-Written the way the paper describes them and most public ports do: every masked convolution as
-one dense convolution with the masked weight (zeros included); a Conv1d per row (Row LSTM); a
-Python-loop skew, one Conv1d per skewed column and each direction scanned separately (Diagonal
-BiLSTM). They reuse the optimized layers' weights, so outputs agree to float tolerance
+Written the way the paper describes them and most public ports do: a Conv1d per row (Row LSTM);
+a Python-loop skew, one Conv1d per skewed column and each direction scanned separately
+(Diagonal BiLSTM). They reuse the optimized layers' weights, so outputs agree to float tolerance
 (checked by `check_reference_matches`), and only the speed differs.
 """
 
@@ -18,7 +17,6 @@ from torch import Tensor
 from pixelrnn_model import PixelRNN
 from pixelrnn_model.conv_lstm import lstm_cell
 from pixelrnn_model.diagonal_lstm import DiagonalBiLSTM
-from pixelrnn_model.masked_conv import MaskedConv2d
 from pixelrnn_model.row_lstm import RowLSTM
 from pixelrnn_model.skew import shift_down
 
@@ -71,11 +69,7 @@ def _diagonal_forward(self: DiagonalBiLSTM, x: Tensor) -> Tensor:
 
 
 def use_reference_layers(model: PixelRNN) -> PixelRNN:
-    """Swap every recurrent layer's forward for the per-step reference and every masked
-    convolution's for the dense one (in place)."""
-    for module in model.modules():
-        if isinstance(module, MaskedConv2d):
-            module.forward = module.dense_forward
+    """Swap every recurrent layer's forward for the per-step reference (in place)."""
     for layer in model.layers:
         if isinstance(layer, RowLSTM):
             layer.forward = types.MethodType(_row_forward, layer)
