@@ -15,10 +15,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pixelrnn_model import PixelRNN
-from pixelrnn_model.conv_lstm import lstm_cell
 from pixelrnn_model.diagonal_lstm import DiagonalBiLSTM
 from pixelrnn_model.row_lstm import RowLSTM
 from pixelrnn_model.skew import shift_down
+
+
+def _lstm_gates(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """The textbook LSTM update on (B, 4h, L) pre-activations [o, f, i, g] and (B, h, L) cell:
+    separate autograd operations, as the obvious implementation writes it (the optimized layers
+    use one fused autograd node, `pixelrnn_model.conv_lstm.lstm_cell`, for the same numbers)."""
+    o, f, i, g = gates.chunk(4, dim=1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
 
 
 def _conv_lstm(gates_in: Tensor, weight: Tensor, pad: tuple[int, int]) -> Tensor:
@@ -28,8 +36,7 @@ def _conv_lstm(gates_in: Tensor, weight: Tensor, pad: tuple[int, int]) -> Tensor
     outputs = []
     for t in range(T):
         gates = gates_in[:, :, t] + F.conv1d(F.pad(h, pad), weight)  # (B, 4h, L)
-        h, c = lstm_cell(gates.transpose(1, 2), c.transpose(1, 2))
-        h, c = h.transpose(1, 2), c.transpose(1, 2)
+        h, c = _lstm_gates(gates, c)
         outputs.append(h)
     return torch.stack(outputs, dim=2)
 

@@ -5,9 +5,9 @@
 #
 # Needs the real datasets in ../shared/data (or PIXELRNN_DATA_DIR): binarized_mnist/*.npz and
 # cifar-10-batches-bin/data_batch_{1..5}.bin. Every training run has one core (one Ray Train
-# worker) and the wall-clock budget of its config (`train.max_minutes`: 2 hours each); runs go
-# two at a time, one per core, so `all` (MNIST + three CIFAR-10 models) takes about 4 hours and
-# `cifar10` about 4 hours too (3 runs on 2 cores). Each run's output goes to results/<run>.log.
+# worker) and the wall-clock budget of its config (`train.max_minutes`: 2 hours for MNIST, 3 for
+# each CIFAR-10 model); runs go two at a time, one per core, so `cifar10` takes about 6 hours
+# (3 runs on 2 cores) and `all` (MNIST too) about 6 hours. Each run's output goes to results/<run>.log.
 # Everything is logged to MLflow (results/mnist.db, results/cifar10.db); checkpoints go to results/runs/,
 # sample grids and compare tables to docs/results/. Runs are named, so a second call refuses to
 # overwrite them: delete results/ first, or continue a stopped run with

@@ -67,6 +67,11 @@ class OptimConfig:
     schedule: str = "cosine"
     min_lr_ratio: float = 0.0
     decay_rate: float = 0.5
+    # With train.max_minutes: over the budget's last anneal_minutes the learning rate is also
+    # multiplied by a cosine from 1 down to min_lr_ratio, by wall-clock time (a time budget has
+    # no known last step). With schedule "constant" this is warmup-stable-decay; a run resumed
+    # with a longer budget and anneal_minutes set continues its stable phase, then anneals.
+    anneal_minutes: float = 0.0
     grad_clip_norm: float = 1.0  # clip the global gradient norm (0: no clipping)
 
     def __post_init__(self) -> None:
@@ -79,7 +84,8 @@ class OptimConfig:
         _require(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
         _require(self.eps > 0, "optim.eps", f"must be > 0, got {self.eps}")
         _require(0 < self.decay_rate <= 1, "optim.decay_rate", "must be in (0, 1]")
-        _at_least("optim", self, 0, "weight_decay", "warmup_steps", "grad_clip_norm")
+        _at_least("optim", self, 0, "weight_decay", "warmup_steps", "grad_clip_norm",
+                  "anneal_minutes")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -189,6 +195,14 @@ class ExperimentConfig:
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+
+    def __post_init__(self) -> None:
+        anneal, budget = self.optim.anneal_minutes, self.train.max_minutes
+        _require(
+            not anneal or 0 < anneal <= budget,
+            "optim.anneal_minutes",
+            f"must be at most train.max_minutes ({budget:g}; 0 means no budget), got {anneal:g}",
+        )
 
     @property
     def global_batch_size(self) -> int:

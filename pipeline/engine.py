@@ -84,6 +84,8 @@ class TimeBudget:
 
     Each rank reads its own clock; `spent()` all-reduces the verdict, so all ranks stop after
     the same optimizer step (a rank that stopped alone would hang the others' gradient sync).
+    The same collective averages the ranks' clocks into `agreed_seconds`, which the time-based
+    learning-rate anneal reads, so every rank applies the same rate.
     """
 
     def __init__(self, minutes: float, seconds_before: float, device: torch.device):
@@ -93,6 +95,7 @@ class TimeBudget:
         self.device = device
         self.started = time.monotonic()
         self.over = False
+        self.agreed_seconds = seconds_before
 
     def seconds(self) -> float:
         """Wall-clock seconds spent by the training loop, earlier attempts included."""
@@ -102,9 +105,24 @@ class TimeBudget:
         """Whether the budget is used up on any rank (collective: call it on every rank)."""
         if not self.limit_s or self.over:
             return self.over
-        local = torch.tensor([float(self.seconds() >= self.limit_s)], device=self.device)
-        self.over = bool(all_reduce_sum(local).item() > 0)
+        seconds = self.seconds()
+        local = torch.tensor(
+            [float(seconds >= self.limit_s), seconds], dtype=torch.float64, device=self.device
+        )
+        over, total_seconds = all_reduce_sum(local).tolist()
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.over, self.agreed_seconds = over > 0, total_seconds / world
         return self.over
+
+    def anneal_factor(self, minutes: float, floor: float) -> float:
+        """Learning-rate factor over the budget's last `minutes`: 1 before them, then a cosine
+        from 1 to `floor` at the end of the budget, read at the last `spent()` (same on all
+        ranks). 1 when there is no budget or `minutes` is 0."""
+        if not self.limit_s or not minutes:
+            return 1.0
+        start = self.limit_s - minutes * 60.0
+        progress = min(1.0, max(0.0, (self.agreed_seconds - start) / (minutes * 60.0)))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,11 @@ if TYPE_CHECKING:
     from pipeline.data import PreparedDataset
 
 RECORD_FILE = "pixelrnn_run.json"
-# Keys a resumed run may change: more epochs or time, other hardware, another place to look at it.
+# Keys a resumed run may change: more epochs or time (and where in it the learning rate anneals),
+# other hardware, another place to look at it.
 RESUMABLE_CHANGES = (
-    "train.epochs", "train.max_minutes", "scaling.", "tracking.sample_every_epochs",
+    "train.epochs", "train.max_minutes", "optim.anneal_minutes", "scaling.",
+    "tracking.sample_every_epochs",
 )  # fmt: skip
 
 
@@ -154,8 +156,8 @@ def _check_same_experiment(before: ExperimentConfig, after: ExperimentConfig) ->
     if changed:
         raise ConfigError(
             f"--resume: config differs from the run being resumed in {', '.join(changed)}; "
-            "only train.epochs, train.max_minutes, scaling.* and tracking.sample_every_epochs "
-            "may change"
+            "only train.epochs, train.max_minutes, optim.anneal_minutes, scaling.* and "
+            "tracking.sample_every_epochs may change"
         )
 
 

@@ -150,7 +150,10 @@ def _train(cfg, plan: runs.RunPlan, model, optimizer, batches, progress, validat
 
     return train_epoch(
         model, optimizer, batches, cfg.optim,
-        schedule=lambda step: learning_rate(step, cfg.optim, total_steps, plan.steps_per_epoch),
+        schedule=lambda step: (
+            learning_rate(step, cfg.optim, total_steps, plan.steps_per_epoch)
+            * budget.anneal_factor(cfg.optim.anneal_minutes, cfg.optim.min_lr_ratio)
+        ),
         start_step=progress.step, max_steps=cfg.train.max_steps_per_epoch,
         report_every=cfg.train.report_every_steps, on_report=report_interim,
         bf16=bf16, log_progress=rank == 0, should_stop=budget.spent,

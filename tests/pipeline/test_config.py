@@ -95,6 +95,14 @@ def test_global_batch_size():
         ({"train.max_minutes": -1}, "train.max_minutes: must be >= 0"),
         ({"train.max_minutes": "2h"}, "train.max_minutes: expected float, got '2h'"),
         ({"train.interim_val_batches": -2}, "train.interim_val_batches: must be >= 0"),
+        (
+            {"optim.anneal_minutes": 5.0},
+            "optim.anneal_minutes: must be at most train.max_minutes (0",
+        ),
+        (
+            {"optim.anneal_minutes": 50.0, "train.max_minutes": 30.0},
+            "train.max_minutes (30; 0 means no budget), got 50",
+        ),
     ],
 )
 def test_bad_values_are_rejected_naming_the_key(layer, fragment):

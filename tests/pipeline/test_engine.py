@@ -149,6 +149,20 @@ def test_time_budget_counts_earlier_attempts_and_stays_spent():
     assert resumed.spent()
 
 
+def test_time_budget_anneals_the_learning_rate_over_its_last_minutes():
+    cpu = torch.device("cpu")
+    # 10-minute budget, anneal over the last 2: factor 1 until minute 8, then a cosine to floor
+    assert TimeBudget(10.0, 0.0, cpu).anneal_factor(2.0, 0.1) == 1.0
+    assert TimeBudget(0.0, 1e9, cpu).anneal_factor(2.0, 0.1) == 1.0  # no budget: no anneal
+    for minute, expected in ((7.9, 1.0), (9.0, 0.55), (9.5, 0.1 + 0.9 * 0.5 * (1 - 0.5**0.5))):
+        budget = TimeBudget(10.0, minute * 60.0, cpu)
+        assert not budget.spent()
+        assert budget.anneal_factor(2.0, 0.1) == pytest.approx(expected, abs=1e-3)
+        assert budget.anneal_factor(0.0, 0.1) == 1.0
+    ended = TimeBudget(10.0, 600.0, cpu)
+    assert ended.spent() and ended.anneal_factor(2.0, 0.1) == pytest.approx(0.1)
+
+
 def test_center_crop_and_pixel_batches():
     images = torch.arange(2 * 3 * 6 * 6, dtype=torch.uint8).reshape(2, 3, 6, 6)
     (cropped,) = pixel_batches([{"pixels": images, "label": torch.zeros(2)}], crop_size=4)

@@ -75,6 +75,9 @@ def test_resume_allows_more_epochs_but_not_a_different_experiment(tmp_path):
     base = {"train.storage_path": str(tmp_path), "tracking.experiment_name": "e"}
     longer = merge([base, {"train.epochs": 50, "scaling.num_workers": 4}])
     assert runs.find_run_to_resume(longer).name == "e-1"
+    # a longer budget that ends in an anneal (warmup-stable-decay continued)
+    annealed = merge([base, {"train.max_minutes": 30.0, "optim.anneal_minutes": 10.0}])
+    assert runs.find_run_to_resume(annealed).name == "e-1"
     with pytest.raises(ConfigError, match=r"config differs .* in model\.num_layers, optim\.lr"):
         runs.find_run_to_resume(merge([base, {"optim.lr": 0.1, "model.num_layers": 3}]))
     with pytest.raises(ConfigError, match="--resume: no run of experiment 'nothing'"):
