@@ -1,9 +1,12 @@
 """Straightforward per-step PixelRNN layers: the obvious implementation, for speed comparison.
 
-Written the way the paper describes them and most public ports do: a Conv1d per row (Row LSTM);
-a Python-loop skew, one Conv1d per skewed column and each direction scanned separately
+Written the way the paper describes them and most public ports do: dense masked convolutions
+(weight * mask, masked-out taps computed), a Conv1d per row and the textbook LSTM gates (Row
+LSTM); a Python-loop skew, one Conv1d per skewed column and each direction scanned separately
 (Diagonal BiLSTM). They reuse the optimized layers' weights, so outputs agree to float tolerance
-(checked by `check_reference_matches`), and only the speed differs.
+(checked by `check_reference_matches` and tests/test_benchmark_reference.py), and only the speed
+differs. Only the recurrent layers are swapped: the first 7x7 layer and the output head are the
+model's own in both.
 """
 
 from __future__ import annotations
@@ -29,6 +32,12 @@ def _lstm_gates(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
+def _masked_conv(conv, x: Tensor) -> Tensor:
+    """A masked convolution computed densely, masked-out taps included: (B, in, H, W) -> (B, out,
+    H, W). (The optimized `MaskedConv2d` skips the kernel rows and columns its mask zeroes.)"""
+    return F.conv2d(x, conv.weight * conv.mask, conv.bias, padding=conv.padding)
+
+
 def _conv_lstm(gates_in: Tensor, weight: Tensor, pad: tuple[int, int]) -> Tensor:
     """(B, 4h, T, L) input-to-state, (4h, h, k) state-to-state -> (B, h, T, L), one step per T."""
     B, four_h, T, L = gates_in.shape
@@ -42,10 +51,10 @@ def _conv_lstm(gates_in: Tensor, weight: Tensor, pad: tuple[int, int]) -> Tensor
 
 
 def _row_forward(self: RowLSTM, x: Tensor) -> Tensor:
-    gates = self.input_to_state(x)  # (B, 4h, H, W)
+    gates = _masked_conv(self.input_to_state, x)  # (B, 4h, H, W)
     k = self.scan.kernel
     hidden = _conv_lstm(gates, self.scan.state_to_state[0], (k // 2, k // 2))
-    return self.output(hidden)
+    return _masked_conv(self.output, hidden)
 
 
 def _skew_loop(x: Tensor) -> Tensor:
@@ -68,11 +77,11 @@ def _diagonal_direction(gates: Tensor, weight: Tensor) -> Tensor:
 
 
 def _diagonal_forward(self: DiagonalBiLSTM, x: Tensor) -> Tensor:
-    left, right = self.input_to_state(x).chunk(2, dim=1)
+    left, right = _masked_conv(self.input_to_state, x).chunk(2, dim=1)
     weight = self.scan.state_to_state
     forward = _diagonal_direction(left, weight[0])
     backward = _diagonal_direction(right.flip(3), weight[1]).flip(3)
-    return self.output(forward + shift_down(backward))
+    return _masked_conv(self.output, forward + shift_down(backward))
 
 
 def use_reference_layers(model: PixelRNN) -> PixelRNN:

@@ -36,11 +36,47 @@ class MaskedConv2d(nn.Conv2d):
             out_channels, in_channels, size, colours, mask_type, out_blocks, in_blocks
         )
         self.register_buffer("mask", mask, persistent=False)
+        self.crop, self.crop_padding = _live_window(mask, self.padding)
 
     def forward(self, x: Tensor) -> Tensor:
-        """(B, in, H, W) -> (B, out, H, W)."""
-        return F.conv2d(x, self.weight * self.mask, self.bias, self.stride, self.padding)
+        """(B, in, H, W) -> (B, out, H, W).
+
+        Only the kernel's live window is convolved: rows below the centre (and, in a one-row
+        kernel, taps right of it) are masked to zero for every channel pair, so they are cropped
+        away and the input padded to match. The weight keeps its full (out, in, kH, kW) shape.
+        """
+        if self.crop is None:
+            return F.conv2d(x, self.weight * self.mask, self.bias, self.stride, self.padding)
+        rows, cols = self.crop
+        weight = self.weight[:, :, rows, cols] * self.mask[:, :, rows, cols]
+        return F.conv2d(F.pad(x, self.crop_padding), weight, self.bias, self.stride)
 
     def masked_weight(self) -> torch.Tensor:
         """The effective (out, in, kH, kW) weight."""
         return self.weight * self.mask
+
+
+def _live_window(
+    mask: Tensor, padding: tuple[int, int]
+) -> tuple[tuple[slice, slice] | None, tuple[int, int, int, int]]:
+    """The smallest (rows, cols) window of the kernel holding every nonzero of `mask` and the
+    (left, right, top, bottom) input padding that keeps "same" output with it; (None, ...) when
+    that window is the whole kernel (or the mask is all zero)."""
+    live = mask.ne(0).any(dim=1).any(dim=0)  # (kH, kW)
+    kernel_h, kernel_w = live.shape
+    if live.all() or not live.any():
+        return None, (0, 0, 0, 0)
+    row_index = live.any(dim=1).nonzero().flatten()
+    col_index = live.any(dim=0).nonzero().flatten()
+    top, bottom = int(row_index[0]), int(row_index[-1]) + 1
+    left, right = int(col_index[0]), int(col_index[-1]) + 1
+    if (top, bottom, left, right) == (0, kernel_h, 0, kernel_w):
+        return None, (0, 0, 0, 0)
+    pad_h, pad_w = padding
+    crop_padding = (
+        pad_w - left,
+        pad_w - (kernel_w - right),
+        pad_h - top,
+        pad_h - (kernel_h - bottom),
+    )
+    return (slice(top, bottom), slice(left, right)), crop_padding

@@ -50,3 +50,36 @@ def test_mask_is_a_non_persistent_buffer():
     conv = MaskedConv2d(3, 6, 3, colours=3, mask_type="A")
     assert "mask" not in conv.state_dict()
     assert torch.equal(conv.masked_weight(), conv.weight * conv.mask)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "mask_type", "colours", "cropped"),
+    [
+        ((7, 7), "A", 3, (4, 7)),  # rows below the centre are dead
+        ((3, 3), "B", 3, (2, 3)),
+        ((1, 3), "B", 3, (1, 2)),  # the Row LSTM's input-to-state: the right tap is dead
+        ((5, 5), "B", 1, (3, 5)),
+        ((1, 1), "B", 3, None),  # nothing to crop
+    ],
+)
+def test_cropped_masked_conv_equals_the_dense_masked_conv(kernel, mask_type, colours, cropped):
+    import torch.nn.functional as F
+
+    from pixelrnn_model.masked_conv import MaskedConv2d
+
+    torch.manual_seed(0)
+    conv = MaskedConv2d(6, 12, kernel, colours, mask_type).double()
+    window = None if conv.crop is None else tuple(s.stop - s.start for s in conv.crop)
+    assert window == cropped
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64, requires_grad=True)
+    dense_x = x.detach().clone().requires_grad_()
+    out = conv(x)
+    dense = F.conv2d(dense_x, conv.weight * conv.mask, conv.bias, padding=conv.padding)
+    assert out.shape == dense.shape == (2, 12, 5, 7)
+    assert torch.allclose(out, dense, atol=1e-12)
+    grad = torch.randn_like(out)
+    (weight_grad,) = torch.autograd.grad(out, conv.weight, grad, retain_graph=True)
+    dense_weight_grad, dense_x_grad = torch.autograd.grad(dense, (conv.weight, dense_x), grad)
+    (x_grad,) = torch.autograd.grad(out, x, grad)
+    assert torch.allclose(weight_grad, dense_weight_grad, atol=1e-12)
+    assert torch.allclose(x_grad, dense_x_grad, atol=1e-12)
