@@ -210,14 +210,19 @@ def settle_stopped_trials(record: SweepRecord) -> list[tracking.RunSummary]:
     """The sweep's child runs, with trials ASHA stopped marked KILLED (not FAILED).
 
     Killing a stopped trial can make its `run_training` see a dead actor and end its run FAILED
-    after `SweepCallback` ended it KILLED; once the sweep is over, no trial process is left.
+    (or overwrite its failure message) after or while `SweepCallback` ended it KILLED; once the
+    sweep is over, no trial process is left, so this is the last word.
     """
     trials = tracking.find_runs(record.tracking_uri, parent_run_id=record.parent_run_id)
     for index, run in enumerate(trials):
-        if run.tags.get(STOPPED_EARLY_TAG) == "true" and run.status == "FAILED":
+        if run.tags.get(STOPPED_EARLY_TAG) != "true":
+            continue
+        message = run.tags.get("pixelrnn.stopped_message", "stopped by ASHA")
+        if run.status != "KILLED" or run.tags.get("pixelrnn.failure") != message:
             tracker = tracking.RunTracker(record.tracking_uri, run.run_id)
-            tracker.finish("KILLED", run.tags.get("pixelrnn.stopped_message", "stopped by ASHA"))
-            trials[index] = dataclasses.replace(run, status="KILLED")
+            tracker.finish("KILLED", message)
+            tags = {**run.tags, "pixelrnn.failure": message}
+            trials[index] = dataclasses.replace(run, status="KILLED", tags=tags)
     return trials
 
 

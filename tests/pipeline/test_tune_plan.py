@@ -114,3 +114,36 @@ def test_trials_see_absolute_paths_and_are_named_by_trial_id(tmp_path):
     trial = sweeps.trial_config(base.to_dict(), {"optim.lr": 0.01}, "abcde_00003")
     assert (trial.train.run_name, trial.optim.lr) == ("abcde_00003", 0.01)
     assert trial.tracking.tracking_uri == "sqlite:////abs/mlflow.db"
+
+
+def test_settling_a_sweep_marks_every_asha_stopped_trial_killed_with_its_own_message(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("sweep", artifact_location=str(tmp_path / "artifacts"))
+    parent = client.create_run(experiment).info.run_id
+    stopped = {sweeps.STOPPED_EARLY_TAG: "true", "pixelrnn.stopped_message": "stopped by ASHA"}
+
+    def child(status: str, failure: str = "", **tags: str) -> str:
+        run = client.create_run(experiment, tags={"mlflow.parentRunId": parent, **tags})
+        if failure:
+            client.set_tag(run.info.run_id, "pixelrnn.failure", failure)
+        client.set_terminated(run.info.run_id, status=status)
+        return run.info.run_id
+
+    # the killed trial's own process ended it FAILED, or overwrote the message, after the stop
+    failed = child("FAILED", "ActorDiedError()", **stopped)
+    overwritten = child("KILLED", "ActorDiedError()", **stopped)
+    finished = child("FINISHED")
+    crashed = child("FAILED", "ValueError('real')")
+    record = sweeps.SweepRecord("s", str(tmp_path), uri, parent, "row_lstm", {}, {})
+    settled = {run.run_id: run for run in sweeps.settle_stopped_trials(record)}
+    for run_id in (failed, overwritten):
+        run = client.get_run(run_id)
+        assert run.info.status == settled[run_id].status == "KILLED"
+        assert run.data.tags["pixelrnn.failure"] == "stopped by ASHA"
+    assert client.get_run(finished).info.status == settled[finished].status == "FINISHED"
+    crash = client.get_run(crashed)
+    assert crash.info.status == settled[crashed].status == "FAILED"
+    assert crash.data.tags["pixelrnn.failure"] == "ValueError('real')"
