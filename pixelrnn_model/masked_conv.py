@@ -64,7 +64,7 @@ def _live_window(
     that window is the whole kernel (or the mask is all zero)."""
     live = mask.ne(0).any(dim=1).any(dim=0)  # (kH, kW)
     kernel_h, kernel_w = live.shape
-    if live.all() or not live.any():
+    if not live.any():
         return None, (0, 0, 0, 0)
     row_index = live.any(dim=1).nonzero().flatten()
     col_index = live.any(dim=0).nonzero().flatten()
