@@ -46,7 +46,7 @@ class MaskedConv2d(nn.Conv2d):
         away and the input padded to match. The weight keeps its full (out, in, kH, kW) shape.
         """
         if self.crop is None:
-            return F.conv2d(x, self.weight * self.mask, self.bias, self.stride, self.padding)
+            return F.conv2d(x, self.masked_weight(), self.bias, self.stride, self.padding)
         rows, cols = self.crop
         weight = self.weight[:, :, rows, cols] * self.mask[:, :, rows, cols]
         return F.conv2d(F.pad(x, self.crop_padding), weight, self.bias, self.stride)
