@@ -85,7 +85,9 @@ def _diagonal_forward(self: DiagonalBiLSTM, x: Tensor) -> Tensor:
 
 
 def use_reference_layers(model: PixelRNN) -> PixelRNN:
-    """Swap every recurrent layer's forward for the per-step reference (in place)."""
+    """Swap every recurrent layer's forward for the per-step reference (in place), and keep the
+    feature maps in the plain (B, C, H, W) layout those loops index."""
+    model.memory_format = torch.contiguous_format
     for layer in model.layers:
         if isinstance(layer, RowLSTM):
             layer.forward = types.MethodType(_row_forward, layer)

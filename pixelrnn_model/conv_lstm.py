@@ -1,15 +1,15 @@
 """The one LSTM recurrence shared by the Row LSTM and the Diagonal BiLSTM (section 3.1-3.2).
 
 Both layers precompute their input-to-state term for the whole map, then scan it one step at a
-time (rows for the Row LSTM, skewed columns for the Diagonal LSTM). Each step is a single batched
+time (rows for the Row LSTM, diagonals for the Diagonal LSTM). Each step is a single batched
 matrix product: the k state-to-state taps of every position are gathered into one (k*h)-wide row,
-and all directions of a bidirectional layer share one `baddbmm`.
+and all directions of a bidirectional layer share one `baddbmm`. The Row LSTM's scan
+(`ConvLSTMScan.forward`) is one autograd node with its own backward through time.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -146,34 +146,137 @@ class ConvLSTMScan(nn.Module):
         """
         return lstm_cell(torch.baddbmm(input_gates, taps, weight), c_prev)
 
-    def step(
-        self, input_gates: Tensor, h: Tensor, c: Tensor, weight: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """One scan step.
-
-        Args:
-            input_gates: (D, N, L, 4h) input-to-state term of this step.
-            h, c: (D, N, L, h) state of the previous step.
-            weight: (D, k*h, 4h) from `state_to_state_matrix`.
-
-        Returns:
-            (h, c) of this step, each (D, N, L, h).
-        """
-        D, N, L, _ = h.shape
-        padded = F.pad(h, (0, 0, *self.pad))  # (D, N, L+k-1, h)
-        taps = padded.unfold(2, self.kernel, 1).reshape(D, N * L, -1)  # (D, N*L, h*k)
-        h, c = self.cell(input_gates.reshape(D, N * L, -1), taps, c.reshape(D, N * L, -1), weight)
-        return h.view(D, N, L, -1), c.view(D, N, L, -1)
-
     def forward(self, input_to_state: Tensor) -> Tensor:
-        """(D, T, N, L, 4h) -> hidden states (D, T, N, L, h)."""
+        """(D, T, N, L, 4h) -> hidden states (D, T, N, L, h).
+
+        The whole scan is one autograd node (`_ScanFunction`): a per-step graph of pad, unfold,
+        product and cell costs more in bookkeeping than the arithmetic at these sizes, and the
+        state-to-state weight's gradient accumulates in place. Memory: the gathered taps, gate
+        activations and cell states of every step, as the per-step graph saved.
+        """
         _, _, N, L, _ = input_to_state.shape
-        weight = self.state_to_state_matrix(input_to_state.dtype)
-        h, c = self.initial_state(N, L, input_to_state)
-        outputs = []
-        # unbind, not input_to_state[:, t]: each select's backward would allocate a zero
-        # gradient of the whole map per step; unbind's backward is a single stack.
-        for input_gates in input_to_state.unbind(1):
-            h, c = self.step(input_gates, h, c, weight)
-            outputs.append(h)
-        return torch.stack(outputs, dim=1)
+        h0, c0 = self.initial_state(N, L, input_to_state)
+        D, k = self.state_to_state.shape[0], self.kernel
+        # (D, 4h, h, k) -> (D, k*h, 4h), rows ordered (tap, channel): each tap is a contiguous
+        # block of the gathered row.
+        weight = self.state_to_state.permute(0, 3, 2, 1).reshape(D, k * self.hidden, -1)
+        return _ScanFunction.apply(
+            input_to_state, weight.to(input_to_state.dtype), h0, c0, self.pad[0]
+        )
+
+
+class _ScanFunction(torch.autograd.Function):
+    """`ConvLSTMScan.forward` with a hand-written backward through time.
+
+    Forward saves, per step, the gathered taps (D, M, k*h), the gate activations (D, M, 4h),
+    the previous cell state and tanh of the new one (D, M, h each), M = N*L: what the per-step
+    graph saved, in preallocated buffers. The hidden states and the input's gradient are laid
+    out in memory like the input (e.g. batch-major for a channels-last feature map), so the
+    convolutions around the scan need no layout copies.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, h0: Tensor, c0: Tensor, left: int) -> Tensor:
+        """x (D, T, N, L, 4h) with any strides, weight (D, k*h, 4h) rows (tap, channel),
+        h0/c0 (D, N, L, h), left: zero padding before position 0 -> hidden (D, T, N, L, h)."""
+        D, T, N, L, G = x.shape
+        hid, M = G // 4, N * L
+        k = weight.shape[1] // hid
+        taps = x.new_zeros(D, T, N, L, k, hid)
+        activations = x.new_empty(D, T, M, G)  # sigmoid(o, f, i), tanh(g)
+        cells = x.new_empty(D, T + 1, M, hid)
+        tanh_cells = x.new_empty(D, T, M, hid)
+        ctx.order = _memory_order(x)
+        hidden = _new_steps(x, (D, T, N, L, hid), ctx.order)
+        cells[:, 0] = c0.reshape(D, M, hid)
+        previous = h0
+        for t in range(T):
+            _gather_taps(taps[:, t], previous, left)
+            gates = activations[:, t]
+            gates.view(D, N, L, G).copy_(x[:, t])
+            gates.baddbmm_(taps[:, t].view(D, M, -1), weight)
+            gates[..., : 3 * hid].sigmoid_()
+            gates[..., 3 * hid :].tanh_()
+            output_gate, forget_gate, input_gate, content = gates.split(hid, -1)
+            cell = cells[:, t + 1]
+            torch.mul(forget_gate, cells[:, t], out=cell).addcmul_(input_gate, content)
+            torch.tanh(cell, out=tanh_cells[:, t])
+            previous = hidden[:, t]
+            torch.mul(
+                output_gate.view(D, N, L, hid), tanh_cells[:, t].view(D, N, L, hid), out=previous
+            )
+        ctx.save_for_backward(weight, taps, activations, cells, tanh_cells)
+        ctx.left = left
+        return hidden
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_hidden: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, None]:
+        weight, taps, activations, cells, tanh_cells = ctx.saved_tensors
+        D, T, N, L, k, hid = taps.shape
+        M = N * L
+        grad_x = _new_steps(activations, (D, T, N, L, 4 * hid), ctx.order)
+        grad_weight = torch.zeros_like(weight)
+        grad_gates = activations.new_empty(D, M, 4 * hid)
+        grad_o, grad_f, grad_i, grad_g = grad_gates.split(hid, -1)
+        grad_taps = activations.new_empty(D, M, k * hid)
+        grad_h = grad_hidden.new_zeros(D, M, hid)  # from the next step, through its taps
+        grad_c = grad_hidden.new_zeros(D, M, hid)
+        weight_t = weight.transpose(1, 2)  # (D, 4h, k*h)
+        for t in reversed(range(T)):
+            output_gate, forget_gate, input_gate, content = activations[:, t].split(hid, -1)
+            tanh_c = tanh_cells[:, t]
+            grad_h = grad_h + grad_hidden[:, t].reshape(D, M, hid)
+            # dL/dc = dL/dc (from the next step) + dL/dh * o * (1 - tanh(c)^2)
+            grad_cell = torch.addcmul(grad_c, grad_h * output_gate, 1 - tanh_c * tanh_c)
+            torch.mul(grad_h * tanh_c, output_gate * (1 - output_gate), out=grad_o)
+            torch.mul(grad_cell * cells[:, t], forget_gate * (1 - forget_gate), out=grad_f)
+            torch.mul(grad_cell * content, input_gate * (1 - input_gate), out=grad_i)
+            torch.mul(grad_cell * input_gate, 1 - content * content, out=grad_g)
+            grad_c = grad_cell * forget_gate
+            grad_x[:, t] = grad_gates.view(D, N, L, -1)
+            step_taps = taps[:, t].view(D, M, -1)
+            grad_weight.baddbmm_(step_taps.transpose(1, 2), grad_gates)
+            torch.bmm(grad_gates, weight_t, out=grad_taps)
+            grad_h = _scatter_taps(grad_taps.view(D, N, L, k, hid), left=ctx.left).view(D, M, hid)
+        return grad_x, grad_weight, grad_h.view(D, N, L, hid), grad_c.view(D, N, L, hid), None
+
+
+def _memory_order(x: Tensor) -> list[int]:
+    """x's first four dimensions, outermost in memory first."""
+    return sorted(range(4), key=lambda d: -x.stride(d))
+
+
+def _new_steps(like: Tensor, shape: tuple[int, ...], order: list[int]) -> Tensor:
+    """An empty tensor of `shape` (D, T, N, L, channels), its first four dimensions ordered in
+    memory by `order` (outermost first), channels innermost."""
+    physical = like.new_empty([shape[d] for d in order] + [shape[4]])
+    return physical.permute([order.index(d) for d in range(4)] + [4])
+
+
+def _gather_taps(taps: Tensor, h: Tensor, left: int) -> None:
+    """taps[..., l, j, :] = h[..., l + j - left, :] (zero outside 0..L-1), in place.
+
+    taps: (D, N, L, k, h), zero where no state is read (positions past the ends stay zero).
+    h: (D, N, L, h).
+    """
+    L, k = h.shape[2], taps.shape[3]
+    for j in range(k):
+        shift = j - left
+        if shift >= 0:
+            taps[:, :, : L - shift, j] = h[:, :, shift:]
+        else:
+            taps[:, :, -shift:, j] = h[:, :, : L + shift]
+
+
+def _scatter_taps(grad_taps: Tensor, left: int) -> Tensor:
+    """The adjoint of `_gather_taps`: (D, N, L, k, h) -> (D, N, L, h)."""
+    L, k = grad_taps.shape[2], grad_taps.shape[3]
+    grad_h = grad_taps[:, :, :, left].clone()
+    for j in range(k):
+        shift = j - left
+        if shift > 0:
+            grad_h[:, :, shift:] += grad_taps[:, :, : L - shift, j]
+        elif shift < 0:
+            grad_h[:, :, : L + shift] += grad_taps[:, :, -shift:, j]
+    return grad_h

@@ -96,7 +96,7 @@ def state_to_state_term(scan: ConvLSTMScan, h: Tensor, weight: Tensor) -> Tensor
         weight: (D, k*h, 4h) from `scan.state_to_state_matrix`.
 
     Returns:
-        (D, N, L, 4h), the term `ConvLSTMScan.step` adds to the input-to-state gates.
+        (D, N, L, 4h), the term a scan step adds to the input-to-state gates.
     """
     D, N, L, _ = h.shape
     padded = F.pad(h, (0, 0, *scan.pad))  # (D, N, L+k-1, h)

@@ -7,6 +7,7 @@ softmax per sub-pixel, R -> G -> B.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -33,6 +34,10 @@ class PixelRNN(nn.Module):
     Args:
         cfg: the architecture.
     """
+
+    #: Memory layout of the feature maps. Channels-last: every convolution and the Row LSTM's
+    #: scan read and write (B, H, W, channels) rows, so no layer converts layouts.
+    memory_format: torch.memory_format = torch.channels_last
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -62,7 +67,8 @@ class PixelRNN(nn.Module):
             logits (B, levels, C, H, W).
         """
         B, C, H, W = pixels.shape
-        x = self.input_conv(self.features(pixels))  # (B, 2h, H, W)
+        features = self.features(pixels).contiguous(memory_format=self.memory_format)
+        x = self.input_conv(features)  # (B, 2h, H, W)
         skip_sum = None
         for index, layer in enumerate(self.layers):
             out = layer(x)

@@ -37,6 +37,6 @@ class RowLSTM(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(B, 2h, H, W) -> (B, 2h, H, W)."""
         gates = self.input_to_state(x)  # (B, 4h, H, W)
-        sequence = gates.permute(2, 0, 3, 1).unsqueeze(0).contiguous()  # (1, H, B, W, 4h)
-        hidden = self.scan(sequence)[0]  # (H, B, W, h)
+        sequence = gates.permute(2, 0, 3, 1).unsqueeze(0)  # (1, H, B, W, 4h), a view
+        hidden = self.scan(sequence)[0]  # (H, B, W, h), laid out in memory like the gates
         return self.output(hidden.permute(1, 3, 0, 2))  # (B, h, H, W) -> (B, 2h, H, W)

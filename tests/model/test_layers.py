@@ -93,6 +93,59 @@ def test_scan_matches_a_per_step_conv1d_reference(kernel, pad, directions, learn
             torch.testing.assert_close(out[d, t], h.transpose(1, 2), rtol=1e-12, atol=1e-12)
 
 
+def _per_step_scan(scan: ConvLSTMScan, inputs: torch.Tensor) -> torch.Tensor:
+    """The scan as plain autograd operations, one step at a time: (D, T, N, L, 4h) -> (D, T, N,
+    L, h)."""
+    D, T, N, L, _ = inputs.shape
+    h, c = scan.initial_state(N, L, inputs)
+    weight = scan.state_to_state_matrix(inputs.dtype)  # (D, k*h, 4h), rows (channel, tap)
+    outputs = []
+    for t in range(T):
+        taps = F.pad(h, (0, 0, *scan.pad)).unfold(2, scan.kernel, 1).reshape(D, N * L, -1)
+        gates = torch.baddbmm(inputs[:, t].reshape(D, N * L, -1), taps, weight)
+        o, f, i, g = gates.chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c.reshape(D, N * L, -1) + torch.sigmoid(i) * torch.tanh(g)
+        h = (torch.sigmoid(o) * torch.tanh(c)).view(D, N, L, -1)
+        outputs.append(h)
+    return torch.stack(outputs, dim=1)
+
+
+@pytest.mark.parametrize(
+    "kernel, pad, directions", [(3, (1, 1), 1), (2, (1, 0), 2), (5, (2, 2), 1), (3, (2, 0), 1)]
+)
+@pytest.mark.parametrize("learned", [False, True])
+@pytest.mark.parametrize("batch_major", [False, True])
+def test_scan_backward_matches_per_step_autograd(kernel, pad, directions, learned, batch_major):
+    # The scan's hand-written backward through time against autograd on the per-step graph:
+    # gradients of the input, the state-to-state weight and the learned initial state. With
+    # batch_major the input is laid out (D, N, T, L, 4h) in memory, as a channels-last map gives
+    # the Row LSTM, and its gradient must come back in that layout.
+    torch.manual_seed(0)
+    hidden, T, N, L = 4, 5, 3, 6
+    scan = ConvLSTMScan(hidden, kernel, pad, directions, learn_initial_state=learned).double()
+    if learned:
+        torch.nn.init.normal_(scan.initial_hidden)
+        torch.nn.init.normal_(scan.initial_cell)
+    shape = (directions, T, N, L, 4 * hidden)
+    if batch_major:
+        inputs = torch.randn(directions, N, T, L, 4 * hidden, dtype=torch.float64)
+        inputs = inputs.transpose(1, 2).requires_grad_()
+    else:
+        inputs = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(directions, T, N, L, hidden, dtype=torch.float64)
+    wrt = [inputs, *scan.parameters()]
+    out = scan(inputs)
+    ours = torch.autograd.grad((out * upstream).sum(), wrt)
+    expected_out = _per_step_scan(scan, inputs)
+    theirs = torch.autograd.grad((expected_out * upstream).sum(), wrt)
+    torch.testing.assert_close(out, expected_out, rtol=1e-12, atol=1e-12)
+    assert len(ours) == (4 if learned else 2)
+    for mine, reference in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(mine, reference, rtol=1e-10, atol=1e-12)
+    assert out.stride(2) > out.stride(1) if batch_major else out.is_contiguous()
+    assert ours[0].stride() == inputs.stride()
+
+
 def test_scan_rejects_padding_that_changes_length():
     with pytest.raises(ValueError, match="padding"):
         ConvLSTMScan(4, 3, (1, 0))
