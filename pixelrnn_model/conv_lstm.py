@@ -194,7 +194,8 @@ class _ScanFunction(torch.autograd.Function):
             _gather_taps(taps[:, t], previous, left)
             gates = activations[:, t]
             gates.view(D, N, L, G).copy_(x[:, t])
-            gates.baddbmm_(taps[:, t].view(D, M, -1), weight)
+            # out=, not baddbmm_: torch's FLOP counter only sees the out-of-place overloads
+            torch.baddbmm(gates, taps[:, t].view(D, M, -1), weight, out=gates)
             gates[..., : 3 * hid].sigmoid_()
             gates[..., 3 * hid :].tanh_()
             output_gate, forget_gate, input_gate, content = gates.split(hid, -1)
@@ -236,7 +237,7 @@ class _ScanFunction(torch.autograd.Function):
             grad_c = grad_cell * forget_gate
             grad_x[:, t] = grad_gates.view(D, N, L, -1)
             step_taps = taps[:, t].view(D, M, -1)
-            grad_weight.baddbmm_(step_taps.transpose(1, 2), grad_gates)
+            torch.baddbmm(grad_weight, step_taps.transpose(1, 2), grad_gates, out=grad_weight)
             torch.bmm(grad_gates, weight_t, out=grad_taps)
             grad_h = _scatter_taps(grad_taps.view(D, N, L, k, hid), left=ctx.left).view(D, M, hid)
         return grad_x, grad_weight, grad_h.view(D, N, L, hid), grad_c.view(D, N, L, hid), None

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from pixelrnn_model.conv_lstm import ConvLSTMScan, lstm_cell
 from pixelrnn_model.diagonal_lstm import DiagonalBiLSTM, diagonal_order
@@ -144,6 +145,24 @@ def test_scan_backward_matches_per_step_autograd(kernel, pad, directions, learne
         torch.testing.assert_close(mine, reference, rtol=1e-10, atol=1e-12)
     assert out.stride(2) > out.stride(1) if batch_major else out.is_contiguous()
     assert ours[0].stride() == inputs.stride()
+
+
+def test_flop_counter_sees_all_of_the_scans_products():
+    # benchmarks/model_throughput.py reports GFLOP/s from torch's FlopCounterMode, which does
+    # not count in-place products (baddbmm_): the fused scan must show the same work as the
+    # per-step graph, forward and backward.
+    torch.manual_seed(0)
+    scan = ConvLSTMScan(6, 3, (1, 1), 1, learn_initial_state=True)
+    inputs = torch.randn(1, 4, 2, 5, 24, requires_grad=True)
+
+    def counted(run) -> int:
+        with FlopCounterMode(display=False) as counter:
+            run(scan, inputs).sum().backward()
+        return counter.get_total_flops()
+
+    expected = counted(_per_step_scan)
+    assert expected > 0
+    assert counted(ConvLSTMScan.__call__) == expected
 
 
 def test_scan_rejects_padding_that_changes_length():
