@@ -8,6 +8,8 @@ a model that ignores its input.
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -47,7 +49,19 @@ def order_logits(logits: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("layer", LAYERS)
 def test_no_logit_depends_on_its_own_or_a_later_subpixel(layer, kind, size):
-    model = make_model(layer, kind)
+    assert_causal(make_model(layer, kind), layer, kind, size)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile needs cc")
+@pytest.mark.parametrize("layer", LAYERS)
+def test_compiled_model_is_still_causal(layer):
+    # train.compile runs the torch.compile'd model: the same exhaustive check, one size.
+    assert_causal(torch.compile(make_model(layer, "rgb")), layer, "rgb", (4, 5))
+
+
+def assert_causal(model, layer: str, kind: str, size: tuple[int, int]) -> None:
+    """The exhaustive check: every sub-pixel perturbed, no logit at or before it moves, and the
+    next one does."""
     levels, C = KINDS[kind]["levels"], KINDS[kind]["channels"]
     H, W = size
     base = torch.randint(0, levels, (1, C, H, W), generator=torch.Generator().manual_seed(1))
