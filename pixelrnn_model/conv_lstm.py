@@ -114,9 +114,8 @@ class ConvLSTMScan(nn.Module):
         """(h_0, c_0), each (D, N, L, h)."""
         directions = self.state_to_state.shape[0]
         shape = (directions, batch, length, self.hidden)
-        if self.initial_hidden is None:
-            zeros = like.new_zeros(shape)
-            return zeros, zeros
+        if self.initial_hidden is None:  # two tensors: torch.compile rejects one passed twice
+            return like.new_zeros(shape), like.new_zeros(shape)
         expand = (directions, 1, 1, self.hidden)
         return (
             self.initial_hidden.view(expand).expand(shape).to(like.dtype),
@@ -182,30 +181,29 @@ class _ScanFunction(torch.autograd.Function):
         D, T, N, L, G = x.shape
         hid, M = G // 4, N * L
         k = weight.shape[1] // hid
-        taps = x.new_zeros(D, T, N, L, k, hid)
-        activations = x.new_empty(D, T, M, G)  # sigmoid(o, f, i), tanh(g)
-        cells = x.new_empty(D, T + 1, M, hid)
-        tanh_cells = x.new_empty(D, T, M, hid)
+        # Step-major buffers: every per-step slice is contiguous (out= targets must be, for
+        # torch.compile).
+        taps = x.new_zeros(T, D, N, L, k, hid)
+        activations = x.new_empty(T, D, M, G)  # sigmoid(o, f, i), tanh(g)
+        cells = x.new_empty(T + 1, D, M, hid)
+        tanh_cells = x.new_empty(T, D, M, hid)
         ctx.order = _memory_order(x)
         hidden = _new_steps(x, (D, T, N, L, hid), ctx.order)
-        cells[:, 0] = c0.reshape(D, M, hid)
+        cells[0] = c0.reshape(D, M, hid)
         previous = h0
         for t in range(T):
-            _gather_taps(taps[:, t], previous, left)
-            gates = activations[:, t]
+            _gather_taps(taps[t], previous, left)
+            gates = activations[t]
             gates.view(D, N, L, G).copy_(x[:, t])
             # out=, not baddbmm_: torch's FLOP counter only sees the out-of-place overloads
-            torch.baddbmm(gates, taps[:, t].view(D, M, -1), weight, out=gates)
+            torch.baddbmm(gates, taps[t].view(D, M, -1), weight, out=gates)
             gates[..., : 3 * hid].sigmoid_()
             gates[..., 3 * hid :].tanh_()
             output_gate, forget_gate, input_gate, content = gates.split(hid, -1)
-            cell = cells[:, t + 1]
-            torch.mul(forget_gate, cells[:, t], out=cell).addcmul_(input_gate, content)
-            torch.tanh(cell, out=tanh_cells[:, t])
+            torch.mul(forget_gate, cells[t], out=cells[t + 1]).addcmul_(input_gate, content)
+            torch.tanh(cells[t + 1], out=tanh_cells[t])
             previous = hidden[:, t]
-            torch.mul(
-                output_gate.view(D, N, L, hid), tanh_cells[:, t].view(D, N, L, hid), out=previous
-            )
+            previous.copy_((output_gate * tanh_cells[t]).view(D, N, L, hid))
         ctx.save_for_backward(weight, taps, activations, cells, tanh_cells)
         ctx.left = left
         return hidden
@@ -214,29 +212,34 @@ class _ScanFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_hidden: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, None]:
         weight, taps, activations, cells, tanh_cells = ctx.saved_tensors
-        D, T, N, L, k, hid = taps.shape
+        T, D, N, L, k, hid = taps.shape
         M = N * L
         grad_x = _new_steps(activations, (D, T, N, L, 4 * hid), ctx.order)
         grad_weight = torch.zeros_like(weight)
-        grad_gates = activations.new_empty(D, M, 4 * hid)
-        grad_o, grad_f, grad_i, grad_g = grad_gates.split(hid, -1)
         grad_taps = activations.new_empty(D, M, k * hid)
         grad_h = grad_hidden.new_zeros(D, M, hid)  # from the next step, through its taps
         grad_c = grad_hidden.new_zeros(D, M, hid)
         weight_t = weight.transpose(1, 2)  # (D, 4h, k*h)
         for t in reversed(range(T)):
-            output_gate, forget_gate, input_gate, content = activations[:, t].split(hid, -1)
-            tanh_c = tanh_cells[:, t]
+            sigmoids = activations[t, :, :, : 3 * hid]  # (D, M, 3h): o, f, i
+            output_gate, forget_gate, input_gate, content = activations[t].split(hid, -1)
+            tanh_c = tanh_cells[t]
             grad_h = grad_h + grad_hidden[:, t].reshape(D, M, hid)
             # dL/dc = dL/dc (from the next step) + dL/dh * o * (1 - tanh(c)^2)
             grad_cell = torch.addcmul(grad_c, grad_h * output_gate, 1 - tanh_c * tanh_c)
-            torch.mul(grad_h * tanh_c, output_gate * (1 - output_gate), out=grad_o)
-            torch.mul(grad_cell * cells[:, t], forget_gate * (1 - forget_gate), out=grad_f)
-            torch.mul(grad_cell * content, input_gate * (1 - input_gate), out=grad_i)
-            torch.mul(grad_cell * input_gate, 1 - content * content, out=grad_g)
+            grad_sigmoids = torch.cat(
+                [grad_h * tanh_c, grad_cell * cells[t], grad_cell * content], dim=-1
+            )  # (D, M, 3h): d/d(o, f, i)
+            grad_gates = torch.cat(
+                [
+                    grad_sigmoids * sigmoids * (1 - sigmoids),
+                    grad_cell * input_gate * (1 - content * content),
+                ],
+                dim=-1,
+            )  # (D, M, 4h)
             grad_c = grad_cell * forget_gate
             grad_x[:, t] = grad_gates.view(D, N, L, -1)
-            step_taps = taps[:, t].view(D, M, -1)
+            step_taps = taps[t].view(D, M, -1)
             torch.baddbmm(grad_weight, step_taps.transpose(1, 2), grad_gates, out=grad_weight)
             torch.bmm(grad_gates, weight_t, out=grad_taps)
             grad_h = _scatter_taps(grad_taps.view(D, N, L, k, hid), left=ctx.left).view(D, M, hid)
