@@ -59,6 +59,18 @@ def test_compiled_model_is_still_causal(layer):
     assert_causal(torch.compile(make_model(layer, "rgb")), layer, "rgb", (4, 5))
 
 
+@pytest.mark.parametrize("layer", LAYERS)
+def test_bf16_autocast_model_is_still_causal(layer):
+    # train.precision bf16: the same exhaustive check under CPU bf16 autocast, one size.
+    model = make_model(layer, "rgb").float()
+
+    def bf16_model(pixels: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(pixels)
+
+    assert_causal(bf16_model, layer, "rgb", (4, 5))
+
+
 def assert_causal(model, layer: str, kind: str, size: tuple[int, int]) -> None:
     """The exhaustive check: every sub-pixel perturbed, no logit at or before it moves, and the
     next one does."""
