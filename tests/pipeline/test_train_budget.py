@@ -7,6 +7,7 @@ sample grid, records the time it used, and a resume with a larger budget carries
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,24 @@ def test_spent_budget_ends_the_run_and_a_larger_one_resumes_it(ray_cluster, tmp_
     resumed_payload = load_checkpoint(last_checkpoint(tmp_path / "runs" / "budget"))
     assert resumed_payload["budget_spent"] is True
     assert resumed_payload["seconds"] >= payload["seconds"] + 6.0
+
+
+def test_anneal_lowers_the_logged_learning_rate_over_the_budgets_last_minutes(
+    ray_cluster, tmp_path
+):
+    # optim.anneal_minutes on a real run: constant schedule, a 9 s budget whose last 6 s anneal
+    # the learning rate by wall-clock time, so the per-epoch train/lr falls to ~0 at the end.
+    dataset_root = prepare_tiny_dataset(tmp_path)
+    overrides = {
+        "train.run_name": "anneal", "train.epochs": EPOCHS, "train.max_val_batches": 1,
+        "train.max_minutes": 0.15, "optim.anneal_minutes": 0.1, "optim.schedule": "constant",
+        "optim.lr": 1e-3, "optim.min_lr_ratio": 0.0,
+    }  # fmt: skip
+    summary = run_training(tiny_config(dataset_root, tmp_path, **overrides))
+
+    tracker = RunTracker(summary.tracking_uri, summary.mlflow_run_id)
+    rates = [value for _, value in tracker.metric_history("train/lr")]
+    assert len(rates) >= 2, rates
+    assert max(rates) <= 1e-3 * (1 + 1e-6)
+    assert all(later <= earlier for earlier, later in pairwise(rates)), rates
+    assert rates[-1] < rates[0] and rates[-1] < 0.5e-3, rates
