@@ -187,8 +187,7 @@ class _ScanFunction(torch.autograd.Function):
         D, T, N, L, G = x.shape
         hid, M = G // 4, N * L
         k = weight.shape[1] // hid
-        # Step-major buffers: every per-step slice is contiguous (out= targets must be, for
-        # torch.compile).
+        # Step-major buffers: every per-step slice is contiguous, as the out= products want.
         taps = x.new_zeros(T, D, N, L, k, hid)
         activations = x.new_empty(T, D, M, G)  # sigmoid(o, f, i), tanh(g)
         cells = x.new_empty(T + 1, D, M, hid)
