@@ -70,15 +70,21 @@ def test_fused_cell_backward_matches_autograd_of_the_plain_cell(use_c):
             torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
 
 
+def float64_scan(hidden: int, kernel: int, pad: tuple[int, int], directions: int, learned: bool):
+    """A float64 ConvLSTMScan; a learned initial state is drawn at random (not zero)."""
+    scan = ConvLSTMScan(hidden, kernel, pad, directions, learn_initial_state=learned).double()
+    if learned:
+        torch.nn.init.normal_(scan.initial_hidden)
+        torch.nn.init.normal_(scan.initial_cell)
+    return scan
+
+
 @pytest.mark.parametrize("kernel, pad, directions", [(3, (1, 1), 1), (2, (1, 0), 2)])
 @pytest.mark.parametrize("learned", [False, True])
 def test_scan_matches_a_per_step_conv1d_reference(kernel, pad, directions, learned):
     torch.manual_seed(0)
     hidden, T, N, L = 4, 5, 2, 6
-    scan = ConvLSTMScan(hidden, kernel, pad, directions, learn_initial_state=learned).double()
-    if learned:
-        torch.nn.init.normal_(scan.initial_hidden)
-        torch.nn.init.normal_(scan.initial_cell)
+    scan = float64_scan(hidden, kernel, pad, directions, learned)
     inputs = torch.randn(directions, T, N, L, 4 * hidden, dtype=torch.float64)
     out = scan(inputs)
     for d in range(directions):
@@ -123,10 +129,7 @@ def test_scan_backward_matches_per_step_autograd(kernel, pad, directions, learne
     # the Row LSTM, and its gradient must come back in that layout.
     torch.manual_seed(0)
     hidden, T, N, L = 4, 5, 3, 6
-    scan = ConvLSTMScan(hidden, kernel, pad, directions, learn_initial_state=learned).double()
-    if learned:
-        torch.nn.init.normal_(scan.initial_hidden)
-        torch.nn.init.normal_(scan.initial_cell)
+    scan = float64_scan(hidden, kernel, pad, directions, learned)
     shape = (directions, T, N, L, 4 * hidden)
     if batch_major:
         inputs = torch.randn(directions, N, T, L, 4 * hidden, dtype=torch.float64)
