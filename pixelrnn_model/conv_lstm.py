@@ -114,8 +114,9 @@ class ConvLSTMScan(nn.Module):
         """(h_0, c_0), each (D, N, L, h)."""
         directions = self.state_to_state.shape[0]
         shape = (directions, batch, length, self.hidden)
-        if self.initial_hidden is None:  # two tensors: torch.compile rejects one passed twice
-            return like.new_zeros(shape), like.new_zeros(shape)
+        if self.initial_hidden is None:
+            zeros = like.new_zeros(shape)
+            return zeros, zeros
         expand = (directions, 1, 1, self.hidden)
         return (
             self.initial_hidden.view(expand).expand(shape).to(like.dtype),
