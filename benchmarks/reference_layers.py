@@ -20,13 +20,13 @@ from torch import Tensor
 from pixelrnn_model import PixelRNN
 from pixelrnn_model.diagonal_lstm import DiagonalBiLSTM
 from pixelrnn_model.row_lstm import RowLSTM
-from pixelrnn_model.skew import shift_down
 
 
 def _lstm_gates(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     """The textbook LSTM update on (B, 4h, L) pre-activations [o, f, i, g] and (B, h, L) cell:
     separate autograd operations, as the obvious implementation writes it (the optimized layers
-    use one fused autograd node, `pixelrnn_model.conv_lstm.lstm_cell`, for the same numbers)."""
+    use one fused autograd node per step, `pixelrnn_model.conv_lstm.lstm_step`, for the same
+    numbers)."""
     o, f, i, g = gates.chunk(4, dim=1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     return torch.sigmoid(o) * torch.tanh(c), c
@@ -57,6 +57,11 @@ def _row_forward(self: RowLSTM, x: Tensor) -> Tensor:
     return _masked_conv(self.output, hidden)
 
 
+def _shift_down(x: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, C, H, W): row r takes row r-1; row 0 becomes zeros."""
+    return F.pad(x, (0, 0, 1, 0))[:, :, :-1]
+
+
 def _skew_loop(x: Tensor) -> Tensor:
     B, C, H, W = x.shape
     out = x.new_zeros(B, C, H, W + H - 1)
@@ -81,7 +86,7 @@ def _diagonal_forward(self: DiagonalBiLSTM, x: Tensor) -> Tensor:
     weight = self.scan.state_to_state
     forward = _diagonal_direction(left, weight[0])
     backward = _diagonal_direction(right.flip(3), weight[1]).flip(3)
-    return _masked_conv(self.output, forward + shift_down(backward))
+    return _masked_conv(self.output, forward + _shift_down(backward))
 
 
 def use_reference_layers(model: PixelRNN) -> PixelRNN:

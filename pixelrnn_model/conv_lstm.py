@@ -1,84 +1,158 @@
-"""The one LSTM recurrence shared by the Row LSTM and the Diagonal BiLSTM (section 3.1-3.2).
+"""The convolutional LSTM step of the Row LSTM and the Diagonal BiLSTM (section 3.1-3.2).
 
-Both layers precompute their input-to-state term for the whole map, then scan it one step at a
-time (rows for the Row LSTM, diagonals for the Diagonal LSTM). Each step is a single batched
-matrix product: the k state-to-state taps of every position are gathered into one (k*h)-wide row,
-and all directions of a bidirectional layer share one `baddbmm`. The Row LSTM's scan
-(`ConvLSTMScan.forward`) is one autograd node with its own backward through time.
+A step: input-to-state gates + each position's k neighbouring states ("taps") times the
+state-to-state matrix, then the LSTM cell; `_step` and its adjoint `_step_backward` are written
+once. The Row LSTM scans with them in one autograd node (`ConvLSTMScan.forward`); the Diagonal
+BiLSTM and the cached samplers call `lstm_step`. Under autocast the products run in bf16, and
+activations, cell states and the weight's gradient sums stay in float32 (`state_dtype`).
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 
-def lstm_cell(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
-    """One LSTM update: sigmoid on the o, f, i gates, tanh on the content gate g.
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of cell states and gradient sums for products in `dtype`: float32 or wider."""
+    return torch.promote_types(dtype, torch.float32)
 
-    Under autograd this is one node with a hand-written backward (`_FusedLSTMCell`): the
-    recurrences call it once per scan step, and nine autograd nodes per step cost more than
-    their arithmetic at small h.
+
+def _step(input_gates, taps, weight, c_prev, activations, c, tanh_c) -> Tensor:
+    """One step for M positions, into preallocated buffers: the LSTM cell (sigmoid on the o, f,
+    i gates, tanh on the content gate g) of input_gates + taps @ weight.
 
     Args:
-        gates: (..., 4h) pre-activations ordered [o, f, i, g].
-        c_prev: (..., h) previous cell state.
+        input_gates: (D, M, 4h) pre-activations [o, f, i, g] (any shape viewable as it).
+        taps: (D, M, k*h) previous states at each position's k taps, ordered (tap, channel);
+            `weight` (D, k*h, 4h). Both in the products' dtype.
+        c_prev: (D, M, h) previous cell state.
+        activations: (D, M, 4h) buffer receiving sigmoid(o, f, i), tanh(g).
+        c, tanh_c: (D, M, h) buffers receiving the new cell state c and tanh(c).
 
     Returns:
-        (h, c): new hidden and cell state, each (..., h).
+        h = sigmoid(o) * tanh(c), (D, M, h).
     """
-    if torch.is_grad_enabled() and (gates.requires_grad or c_prev.requires_grad):
-        return _FusedLSTMCell.apply(gates, c_prev)
-    return _lstm_forward(gates, c_prev)[:2]
-
-
-def _lstm_forward(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(h, c, sigmoid(o, f, i) (..., 3h), tanh(g) (..., h), tanh(c) (..., h))."""
+    activations.view_as(input_gates).copy_(input_gates)
+    _add_product(activations, taps, weight)
     hidden = c_prev.shape[-1]
-    gate_values = torch.sigmoid(gates[..., : 3 * hidden])  # (..., 3h): o, f, i
-    output_gate, forget_gate, input_gate = gate_values.split(hidden, -1)
-    content = torch.tanh(gates[..., 3 * hidden :])
-    c = torch.addcmul(forget_gate * c_prev, input_gate, content)
-    tanh_c = torch.tanh(c)
-    return output_gate * tanh_c, c, gate_values, content, tanh_c
+    activations[..., : 3 * hidden].sigmoid_()
+    activations[..., 3 * hidden :].tanh_()
+    output_gate, forget_gate, input_gate, content = activations.split(hidden, -1)
+    torch.mul(forget_gate, c_prev, out=c).addcmul_(input_gate, content)  # f * c_prev + i * g
+    torch.tanh(c, out=tanh_c)
+    return output_gate * tanh_c
 
 
-class _FusedLSTMCell(torch.autograd.Function):
-    """`lstm_cell` as one autograd node; saves sigmoid(o, f, i), tanh(g), c_prev and tanh(c)."""
+def _step_backward(grad_h, grad_c, saved, grad_weight) -> tuple[Tensor, Tensor, Tensor]:
+    """The adjoint of `_step` from its saved (taps, weight, c_prev, activations, tanh_c): returns
+    d/d (input_gates, taps, c_prev) and adds d/d weight to `grad_weight` (state dtype)."""
+    taps, weight, c_prev, activations, tanh_c = saved
+    hidden = c_prev.shape[-1]
+    sigmoids = activations[..., : 3 * hidden]  # (D, M, 3h): o, f, i
+    output_gate, forget_gate, input_gate, content = activations.split(hidden, -1)
+    # dL/dc = dL/dc (from the next step) + dL/dh * o * (1 - tanh(c)^2)
+    grad_cell = torch.addcmul(grad_c, grad_h * output_gate, 1 - tanh_c * tanh_c)
+    grad_sigmoids = torch.cat([grad_h * tanh_c, grad_cell * c_prev, grad_cell * content], -1)
+    grad_gates = torch.cat(
+        [grad_sigmoids * sigmoids * (1 - sigmoids), grad_cell * input_gate * (1 - content**2)], -1
+    ).to(taps.dtype)  # (D, M, 4h)
+    _add_product(grad_weight, taps.transpose(1, 2), grad_gates)
+    return grad_gates, torch.bmm(grad_gates, weight.transpose(1, 2)), grad_cell * forget_gate
+
+
+def _add_product(out: Tensor, a: Tensor, b: Tensor) -> None:
+    """out += a @ b, batched (D, m, n) @ (D, n, p); `out` may be wider than a and b."""
+    if out.dtype == a.dtype:
+        # out=, not baddbmm_: torch's FLOP counter only sees the out-of-place overloads
+        torch.baddbmm(out, a, b, out=out)
+    else:
+        out += torch.bmm(a, b)
+
+
+def _new_step(input_gates: Tensor, taps: Tensor, weight: Tensor, c_prev: Tensor):
+    """`_step` into new buffers -> (h, c, the values `_step_backward` needs)."""
+    dtype, state = input_gates.dtype, state_dtype(input_gates.dtype)
+    activations = input_gates.new_empty(input_gates.shape, dtype=state)
+    c, tanh_c = (c_prev.new_empty(c_prev.shape, dtype=state) for _ in range(2))
+    taps, weight, c_prev = taps.to(dtype), weight.to(dtype), c_prev.to(state)
+    h = _step(input_gates, taps, weight, c_prev, activations, c, tanh_c)
+    return h, c, (taps, weight, c_prev, activations, tanh_c)
+
+
+def _differentiable_once(backward):
+    """`once_differentiable`, plus an error as soon as a graph of the gradient is requested:
+    alone, it raises only if a second backward reaches its node, which `autograd.grad` with
+    chosen inputs (gradgradcheck, gradient penalties) skips, silently missing this node's share."""
+    inner = once_differentiable(backward)
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "the PixelRNN LSTM step is differentiable once (its backward is hand-written): "
+                "double backward (create_graph=True) through a Row LSTM or Diagonal BiLSTM is "
+                "not supported"
+            )
+        return inner(ctx, *grads)
+
+    return wrapper
+
+
+class _Step(torch.autograd.Function):
+    """`lstm_step` as one autograd node; its backward is `_step_backward` on the saved values."""
 
     @staticmethod
-    def forward(ctx, gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
-        h, c, gate_values, content, tanh_c = _lstm_forward(gates, c_prev)
-        ctx.save_for_backward(gate_values, content, c_prev, tanh_c)
+    def forward(ctx, input_gates, taps, weight, c_prev):
+        with torch.autocast(input_gates.device.type, enabled=False):
+            h, c, saved = _new_step(input_gates, taps, weight, c_prev)
+        ctx.save_for_backward(*saved)
+        ctx.dtypes = taps.dtype, weight.dtype, c_prev.dtype
         return h, c
 
     @staticmethod
-    def backward(ctx, grad_h: Tensor | None, grad_c: Tensor | None) -> tuple[Tensor, Tensor]:
-        gate_values, content, c_prev, tanh_c = ctx.saved_tensors
-        hidden = c_prev.shape[-1]
-        output_gate, forget_gate, input_gate = gate_values.split(hidden, -1)
-        if grad_h is None:
-            grad_h = torch.zeros_like(tanh_c)
-        # dL/dc = dL/dc (from the next step) + dL/dh * o * (1 - tanh(c)^2)
-        grad_cell = grad_h * output_gate * (1 - tanh_c * tanh_c)
-        if grad_c is not None:
-            grad_cell = grad_cell + grad_c
-        grad_gate_values = torch.cat(
-            [grad_h * tanh_c, grad_cell * c_prev, grad_cell * content], dim=-1
-        )  # (..., 3h): d/d(o, f, i)
-        grad_gates = torch.cat(
-            [
-                grad_gate_values * gate_values * (1 - gate_values),
-                grad_cell * input_gate * (1 - content * content),
-            ],
-            dim=-1,
-        )  # (..., 4h)
-        return grad_gates, grad_cell * forget_gate
+    @_differentiable_once
+    def backward(ctx, grad_h, grad_c):
+        saved = ctx.saved_tensors
+        grad_weight = torch.zeros_like(saved[1], dtype=saved[2].dtype)  # (D, k*h, 4h)
+        grads = _step_backward(grad_h, grad_c, saved, grad_weight)
+        grads = grads[0], grads[1], grad_weight, grads[2]  # input_gates, taps, weight, c_prev
+        return grads[0], *(g.to(dtype) for g, dtype in zip(grads[1:], ctx.dtypes, strict=True))
+
+
+def lstm_step(
+    input_gates: Tensor, taps: Tensor, weight: Tensor, c_prev: Tensor
+) -> tuple[Tensor, Tensor]:
+    """One convolutional LSTM step for M positions: the cell of input_gates + taps @ weight.
+
+    Under autograd one node with a hand-written backward (differentiable once): a per-step
+    graph of product, slices and nine element-wise operations costs more than its arithmetic.
+
+    Args:
+        input_gates: (D, M, 4h) input-to-state pre-activations [o, f, i, g].
+        taps: (D, M, k*h) previous states at each position's k taps, ordered (tap, channel).
+        weight: (D, k*h, 4h) from `ConvLSTMScan.state_to_state_matrix`.
+        c_prev: (D, M, h) previous cell state.
+
+    Returns:
+        (h, c), each (D, M, h), in `state_dtype(input_gates.dtype)`.
+    """
+    inputs = input_gates, taps, weight, c_prev
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        return _Step.apply(*inputs)
+    return _new_step(*inputs)[:2]
 
 
 class ConvLSTMScan(nn.Module):
-    """LSTM over the T axis of a precomputed input-to-state map; the state-to-state conv
-    (kernel k, zero padding `pad`) slides over the L axis of the previous step's state.
+    """The state-to-state convolution and initial state of a convolutional LSTM, and its scan.
+
+    `forward` scans the T axis of a precomputed input-to-state map, the state-to-state conv
+    (kernel k, zero padding `pad`) sliding over the L axis of the previous step's state: the Row
+    LSTM. The Diagonal BiLSTM holds its weights here too but scans with `lstm_step` directly,
+    because its steps (the image's diagonals) differ in length.
 
     Args:
         hidden: h, hidden channels per direction.
@@ -100,7 +174,7 @@ class ConvLSTMScan(nn.Module):
         if pad[0] + pad[1] != kernel - 1:
             raise ValueError(f"padding {pad} does not keep the length for a kernel of {kernel}")
         self.hidden, self.kernel, self.pad = hidden, kernel, pad
-        # Laid out like a Conv1d weight per direction: (D, 4h, h, k).
+        # Stored like a Conv1d weight per direction, (D, 4h, h, k), as checkpoints hold it.
         self.state_to_state = nn.Parameter(torch.empty(directions, 4 * hidden, hidden, kernel))
         bound = 1.0 / (hidden * kernel) ** 0.5
         nn.init.uniform_(self.state_to_state, -bound, bound)
@@ -109,152 +183,114 @@ class ConvLSTMScan(nn.Module):
             self.initial_cell = nn.Parameter(torch.zeros(directions, hidden))
         else:
             self.initial_hidden = self.initial_cell = None
+        self.frozen: Tensor | None = None
+
+    def state_to_state_matrix(self) -> Tensor:
+        """The state-to-state weight as (D, k*h, 4h), rows ordered (tap, channel) like the taps."""
+        if self.frozen is not None:
+            return self.frozen
+        directions = self.state_to_state.shape[0]
+        matrix = self.state_to_state.permute(0, 3, 2, 1)  # (D, k, h, 4h)
+        return matrix.reshape(directions, self.kernel * self.hidden, 4 * self.hidden)
+
+    def freeze(self, frozen: bool) -> None:
+        """Compute the matrix once and reuse it until unfrozen (sampling: weights are fixed)."""
+        self.frozen = None
+        self.frozen = self.state_to_state_matrix().detach() if frozen else None
 
     def initial_state(self, batch: int, length: int, like: Tensor) -> tuple[Tensor, Tensor]:
-        """(h_0, c_0), each (D, N, L, h)."""
+        """(h_0, c_0), each (D, N, L, h), in `state_dtype(like.dtype)`."""
         directions = self.state_to_state.shape[0]
-        shape = (directions, batch, length, self.hidden)
+        shape, dtype = (directions, batch, length, self.hidden), state_dtype(like.dtype)
         if self.initial_hidden is None:
-            zeros = like.new_zeros(shape)
+            zeros = like.new_zeros(shape, dtype=dtype)
             return zeros, zeros
         expand = (directions, 1, 1, self.hidden)
         return (
-            self.initial_hidden.view(expand).expand(shape).to(like.dtype),
-            self.initial_cell.view(expand).expand(shape).to(like.dtype),
+            self.initial_hidden.view(expand).expand(shape).to(dtype),
+            self.initial_cell.view(expand).expand(shape).to(dtype),
         )
 
-    def state_to_state_matrix(self, dtype: torch.dtype) -> Tensor:
-        """The state-to-state weight as (D, k*h, 4h), rows ordered (channel, tap)."""
-        directions = self.state_to_state.shape[0]
-        return (
-            self.state_to_state.reshape(directions, 4 * self.hidden, -1).transpose(1, 2).to(dtype)
-        )
-
-    def cell(
-        self, input_gates: Tensor, taps: Tensor, c_prev: Tensor, weight: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """The LSTM update of M positions from their gathered state-to-state taps.
-
-        Args:
-            input_gates: (D, M, 4h) input-to-state term.
-            taps: (D, M, h*k) previous states at the k taps, ordered (channel, tap).
-            c_prev: (D, M, h) previous cell state of each position.
-            weight: (D, k*h, 4h) from `state_to_state_matrix`.
-
-        Returns:
-            (h, c), each (D, M, h).
-        """
-        return lstm_cell(torch.baddbmm(input_gates, taps, weight), c_prev)
+    def gather_taps(self, h: Tensor) -> Tensor:
+        """The taps of every position: (D, N, L, h) states -> (D, N, L, k*h), zero padded."""
+        D, N, L, hidden = h.shape
+        taps = h.new_zeros(D, N, L, self.kernel, hidden)
+        _gather_taps(taps, h, self.pad[0])
+        return taps.view(D, N, L, -1)
 
     def forward(self, input_to_state: Tensor) -> Tensor:
-        """(D, T, N, L, 4h) -> hidden states (D, T, N, L, h).
+        """(D, T, N, L, 4h) -> hidden states (D, T, N, L, h), in the input's dtype.
 
-        The whole scan is one autograd node (`_ScanFunction`): a per-step graph of pad, unfold,
-        product and cell costs more in bookkeeping than the arithmetic at these sizes, and the
-        state-to-state weight's gradient accumulates in place. Memory: the gathered taps, gate
-        activations and cell states of every step, as the per-step graph saved.
+        The whole scan is one autograd node (`_ScanFunction`): per-step nodes cost more in
+        bookkeeping than the arithmetic at these sizes, and the weight's gradient accumulates in
+        place. Memory: each step's taps, activations and cell states, as per-step nodes save.
         """
-        _, _, N, L, _ = input_to_state.shape
-        h0, c0 = self.initial_state(N, L, input_to_state)
-        D, k = self.state_to_state.shape[0], self.kernel
-        # (D, 4h, h, k) -> (D, k*h, 4h), rows ordered (tap, channel): each tap is a contiguous
-        # block of the gathered row.
-        weight = self.state_to_state.permute(0, 3, 2, 1).reshape(D, k * self.hidden, -1)
-        return _scan(input_to_state, weight.to(input_to_state.dtype), h0, c0, self.pad[0])
+        h0, c0 = self.initial_state(*input_to_state.shape[2:4], input_to_state)
+        weight = self.state_to_state_matrix()
+        return _scan(input_to_state, weight, h0, c0, self.pad[0])
 
 
 @torch.compiler.disable
 def _scan(x: Tensor, weight: Tensor, h0: Tensor, c0: Tensor, left: int) -> Tensor:
-    """`_ScanFunction`, left to eager mode under torch.compile: traced, its H steps per layer
-    unroll into one graph per model, and compiling the CIFAR Row LSTM took over 12 minutes of one
-    core before it was stopped. The convolutions around it still compile."""
+    """`_ScanFunction`, left to eager mode under torch.compile: traced, its steps unroll, and
+    compiling the CIFAR Row LSTM took over 12 minutes of one core before it was stopped."""
     return _ScanFunction.apply(x, weight, h0, c0, left)
 
 
 class _ScanFunction(torch.autograd.Function):
-    """`ConvLSTMScan.forward` with a hand-written backward through time.
+    """`ConvLSTMScan.forward`: `_step` per step, and a backward through time of `_step_backward`.
 
-    Forward saves, per step, the gathered taps (D, M, k*h), the gate activations (D, M, 4h),
-    the previous cell state and tanh of the new one (D, M, h each), M = N*L: what the per-step
-    graph saved, in preallocated buffers. The hidden states and the input's gradient are laid
-    out in memory like the input (e.g. batch-major for a channels-last feature map), so the
+    Forward saves each step's taps (D, M, k*h), activations (D, M, 4h), previous cell state and
+    tanh of the new one (D, M, h each), M = N*L, in preallocated step-major buffers (each step's
+    slice is contiguous, as the out= products want). The hidden states and the input's gradient
+    are laid out in memory like the input (batch-major for a channels-last map), so the
     convolutions around the scan need no layout copies.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, h0: Tensor, c0: Tensor, left: int) -> Tensor:
-        """x (D, T, N, L, 4h) with any strides, weight (D, k*h, 4h) rows (tap, channel),
-        h0/c0 (D, N, L, h), left: zero padding before position 0 -> hidden (D, T, N, L, h)."""
+        """x (D, T, N, L, 4h), weight (D, k*h, 4h), h0/c0 (D, N, L, h), left: zero padding
+        before position 0 -> hidden (D, T, N, L, h)."""
         D, T, N, L, G = x.shape
-        hid, M = G // 4, N * L
+        hid, M, state = G // 4, N * L, state_dtype(x.dtype)
         k = weight.shape[1] // hid
-        # Step-major buffers: every per-step slice is contiguous, as the out= products want.
-        taps = x.new_zeros(T, D, N, L, k, hid)
-        activations = x.new_empty(T, D, M, G)  # sigmoid(o, f, i), tanh(g)
-        cells = x.new_empty(T + 1, D, M, hid)
-        tanh_cells = x.new_empty(T, D, M, hid)
-        ctx.order = _memory_order(x)
-        hidden = _new_steps(x, (D, T, N, L, hid), ctx.order)
-        cells[0] = c0.reshape(D, M, hid)
-        previous = h0
-        for t in range(T):
-            _gather_taps(taps[t], previous, left)
-            gates = activations[t]
-            gates.view(D, N, L, G).copy_(x[:, t])
-            # out=, not baddbmm_: torch's FLOP counter only sees the out-of-place overloads
-            torch.baddbmm(gates, taps[t].view(D, M, -1), weight, out=gates)
-            gates[..., : 3 * hid].sigmoid_()
-            gates[..., 3 * hid :].tanh_()
-            output_gate, forget_gate, input_gate, content = gates.split(hid, -1)
-            torch.mul(forget_gate, cells[t], out=cells[t + 1]).addcmul_(input_gate, content)
-            torch.tanh(cells[t + 1], out=tanh_cells[t])
-            previous = hidden[:, t]
-            previous.copy_((output_gate * tanh_cells[t]).view(D, N, L, hid))
+        with torch.autocast(x.device.type, enabled=False):
+            weight = weight.to(x.dtype)
+            taps = x.new_zeros(T, D, N, L, k, hid)
+            activations = x.new_empty((T, D, M, G), dtype=state)
+            cells = x.new_empty((T + 1, D, M, hid), dtype=state)
+            tanh_cells = x.new_empty((T, D, M, hid), dtype=state)
+            ctx.order = sorted(range(4), key=lambda d: -x.stride(d))  # outermost in memory first
+            hidden = _new_steps(x, (D, T, N, L, hid), ctx.order)
+            cells[0] = c0.reshape(D, M, hid)
+            previous = h0
+            for t in range(T):
+                _gather_taps(taps[t], previous, left)
+                buffers = activations[t], cells[t + 1], tanh_cells[t]
+                h = _step(x[:, t], taps[t].view(D, M, -1), weight, cells[t], *buffers)
+                previous = hidden[:, t]
+                previous.copy_(h.view(D, N, L, hid))
         ctx.save_for_backward(weight, taps, activations, cells, tanh_cells)
         ctx.left = left
         return hidden
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @_differentiable_once
     def backward(ctx, grad_hidden: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, None]:
         weight, taps, activations, cells, tanh_cells = ctx.saved_tensors
         T, D, N, L, k, hid = taps.shape
         M = N * L
-        grad_x = _new_steps(activations, (D, T, N, L, 4 * hid), ctx.order)
-        grad_weight = torch.zeros_like(weight)
-        grad_taps = activations.new_empty(D, M, k * hid)
-        grad_h = grad_hidden.new_zeros(D, M, hid)  # from the next step, through its taps
-        grad_c = grad_hidden.new_zeros(D, M, hid)
-        weight_t = weight.transpose(1, 2)  # (D, 4h, k*h)
+        grad_x = _new_steps(taps, (D, T, N, L, 4 * hid), ctx.order)
+        grad_weight = torch.zeros_like(weight, dtype=cells.dtype)  # sums in the state dtype
+        grad_h, grad_c = cells.new_zeros(2, D, M, hid)  # from the next step
         for t in reversed(range(T)):
-            sigmoids = activations[t, :, :, : 3 * hid]  # (D, M, 3h): o, f, i
-            output_gate, forget_gate, input_gate, content = activations[t].split(hid, -1)
-            tanh_c = tanh_cells[t]
-            grad_h = grad_h + grad_hidden[:, t].reshape(D, M, hid)
-            # dL/dc = dL/dc (from the next step) + dL/dh * o * (1 - tanh(c)^2)
-            grad_cell = torch.addcmul(grad_c, grad_h * output_gate, 1 - tanh_c * tanh_c)
-            grad_sigmoids = torch.cat(
-                [grad_h * tanh_c, grad_cell * cells[t], grad_cell * content], dim=-1
-            )  # (D, M, 3h): d/d(o, f, i)
-            grad_gates = torch.cat(
-                [
-                    grad_sigmoids * sigmoids * (1 - sigmoids),
-                    grad_cell * input_gate * (1 - content * content),
-                ],
-                dim=-1,
-            )  # (D, M, 4h)
-            grad_c = grad_cell * forget_gate
+            grad_h = grad_hidden[:, t].reshape(D, M, hid) + grad_h.to(cells.dtype)
+            saved = (taps[t].view(D, M, -1), weight, cells[t], activations[t], tanh_cells[t])
+            grad_gates, grad_taps, grad_c = _step_backward(grad_h, grad_c, saved, grad_weight)
             grad_x[:, t] = grad_gates.view(D, N, L, -1)
-            step_taps = taps[t].view(D, M, -1)
-            torch.baddbmm(grad_weight, step_taps.transpose(1, 2), grad_gates, out=grad_weight)
-            torch.bmm(grad_gates, weight_t, out=grad_taps)
-            grad_h = _scatter_taps(grad_taps.view(D, N, L, k, hid), left=ctx.left).view(D, M, hid)
-        return grad_x, grad_weight, grad_h.view(D, N, L, hid), grad_c.view(D, N, L, hid), None
-
-
-def _memory_order(x: Tensor) -> list[int]:
-    """x's first four dimensions, outermost in memory first."""
-    return sorted(range(4), key=lambda d: -x.stride(d))
+            grad_h = _scatter_taps(grad_taps.view(D, N, L, k, hid), ctx.left).view(D, M, hid)
+        grad_h0 = grad_h.view(D, N, L, hid).to(cells.dtype)
+        return grad_x, grad_weight, grad_h0, grad_c.view(D, N, L, hid), None
 
 
 def _new_steps(like: Tensor, shape: tuple[int, ...], order: list[int]) -> Tensor:
@@ -265,11 +301,8 @@ def _new_steps(like: Tensor, shape: tuple[int, ...], order: list[int]) -> Tensor
 
 
 def _gather_taps(taps: Tensor, h: Tensor, left: int) -> None:
-    """taps[..., l, j, :] = h[..., l + j - left, :] (zero outside 0..L-1), in place.
-
-    taps: (D, N, L, k, h), zero where no state is read (positions past the ends stay zero).
-    h: (D, N, L, h).
-    """
+    """taps[..., l, j, :] = h[..., l + j - left, :], in place: taps (D, N, L, k, h), zero where
+    l + j - left is outside 0..L-1 (left untouched), h (D, N, L, h)."""
     L, k = h.shape[2], taps.shape[3]
     for j in range(k):
         shift = j - left

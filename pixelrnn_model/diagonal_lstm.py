@@ -1,19 +1,9 @@
 """Diagonal BiLSTM layer (van den Oord et al. 2016, section 3.2).
 
-Each direction scans the image's diagonals in order: position (r, j) on diagonal s = r + j
-reads the state of (r-1, j) and (r, j-1), i.e. the paper's skewed map's 2-tap state-to-state
-conv over (r-1, s-1) and (r, s-1). Instead of materialising the skewed H x (W+H-1) map, whose
-padding doubles the work, the input-to-state map is gathered into diagonal-major order and each
-step processes exactly the positions of one diagonal; states outside the image are the initial
-state (zero unless learned), which is what the zero-padded skewed map holds there. The
-right-to-left direction runs on the width-flipped map; its output is flipped back and shifted
-down one row so that no position sees its own row's future.
-
-All of it is done on rows of channel-last matrices: the residual stream is gathered once into
-diagonal-major (position, batch, channel) rows for both directions (one `index_select`), the
-1x1 input-to-state convolution is one batched product over those rows, and one gather per
-direction brings the hidden states back to raster order, the flip and the one-row shift folded
-into its indices.
+Position (r, j) on diagonal s = r + j reads the states of (r-1, j) and (r, j-1): the skewed
+map's 2-tap state-to-state conv over (r-1, s-1) and (r, s-1). The skewed map itself is never
+built: positions are gathered into diagonal-major order and each step is one diagonal; states
+outside the image are the initial state, which the zero-padded skewed map holds there.
 """
 
 from __future__ import annotations
@@ -24,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pixelrnn_model.conv_lstm import ConvLSTMScan
+from pixelrnn_model.conv_lstm import ConvLSTMScan, lstm_step
 from pixelrnn_model.masked_conv import MaskedConv2d
 
 
@@ -32,9 +22,8 @@ from pixelrnn_model.masked_conv import MaskedConv2d
 def diagonal_order(
     height: int, width: int, device: torch.device
 ) -> tuple[Tensor, Tensor, tuple[int, ...]]:
-    """Raster indices sorted by diagonal s = r + j, then by row; its inverse; diagonal lengths.
-
-    Cached per (H, W, device): every layer of every forward pass uses the same geometry.
+    """Raster indices sorted by diagonal s = r + j, then by row; its inverse; diagonal lengths
+    (cached: every layer of every forward pass uses the same geometry).
 
     Returns:
         order: int64 (H*W,) raster index r*W + j of each position in diagonal-major order.
@@ -57,11 +46,9 @@ def bidirectional_gathers(
 ) -> tuple[Tensor, Tensor, Tensor, tuple[int, ...]]:
     """Indices that move rows between raster order and both directions' diagonal-major order.
 
-    Cached per (H, W, device).
-
     Returns:
-        into_scan: int64 (2*H*W,) raster index of each diagonal-major row, left-to-right
-            direction then right-to-left (which scans the width-flipped image).
+        into_scan: int64 (2, H*W) raster index of each diagonal-major row, left-to-right
+            direction, then right-to-left (which scans the width-flipped image).
         from_left: int64 (H*W,) for each raster position, its row in the left-to-right scan.
         from_right: int64 (H*W,) for each raster position (r, j), the row of (r-1, j) in the
             right-to-left scan: the paper's one-row shift; row 0 points at H*W, a zero row.
@@ -69,16 +56,19 @@ def bidirectional_gathers(
     """
     order, raster, counts = diagonal_order(height, width, device)
     flipped = order // width * width + (width - 1 - order % width)  # same diagonals, mirrored
-    into_scan = torch.cat([order, flipped])
     from_right = torch.empty_like(raster)
     from_right[flipped] = torch.arange(order.numel(), device=device)
     shifted = torch.full_like(from_right, order.numel())  # row 0: nothing above it
     shifted[width:] = from_right[:-width]
-    return into_scan, raster, shifted, counts
+    return torch.stack([order, flipped]), raster, shifted, counts
 
 
 class DiagonalBiLSTM(nn.Module):
-    """Both diagonal directions, scanned together, plus the 1x1 output convolution.
+    """Both directions (the right-to-left one on the width-flipped map, its output flipped back
+    and shifted down one row), scanned together, plus the 1x1 output convolution.
+
+    The scan calls `lstm_step` once per diagonal, not `ConvLSTMScan.forward` (the Row LSTM's
+    scan): diagonals differ in length, and a fixed-length scan would need the skewed map.
 
     Args:
         channels: residual stream width 2h (input and output).
@@ -96,32 +86,26 @@ class DiagonalBiLSTM(nn.Module):
         self.output = MaskedConv2d(hidden, channels, 1, colours, "B")
 
     def forward(self, x: Tensor) -> Tensor:
-        """(B, 2h, H, W) -> (B, 2h, H, W)."""
-        B, channels, H, W = x.shape
+        """(B, 2h, H, W) -> (B, 2h, H, W), channels-last."""
+        B, _, H, W = x.shape
         into_scan, from_left, from_right, counts = bidirectional_gathers(H, W, x.device)
-        rows = x.flatten(2).permute(2, 0, 1)  # (H*W, B, 2h) raster order, a view
-        rows = rows.index_select(0, into_scan).view(2, H * W * B, channels)  # diagonal-major
-        weight = self.input_to_state.masked_weight().view(2, 4 * self.hidden, channels)
-        bias = self.input_to_state.bias.view(2, 1, 4 * self.hidden)
-        gates = torch.baddbmm(bias.to(rows.dtype), rows, weight.transpose(1, 2).to(rows.dtype))
-        hidden = self.scan_diagonals(gates.view(2, H * W, B, -1), counts, W)  # (2, H*W, B, h)
+        gates = self.input_to_state(x)  # (B, 8h, H, W)
+        rows = gates.permute(2, 3, 0, 1).reshape(H * W, B, -1)  # (H*W, B, 8h), a channels-last view
+        gathered = zip(rows.chunk(2, -1), into_scan, strict=True)  # each direction its own gates
+        sequence = torch.stack([part.index_select(0, index) for part, index in gathered])
+        hidden = self.scan_diagonals(sequence, counts, W)  # (2, H*W, B, 4h) -> (2, H*W, B, h)
         right = F.pad(hidden[1], (0, 0, 0, 0, 0, 1))  # (H*W + 1, B, h): a zero row at the end
         combined = hidden[0].index_select(0, from_left) + right.index_select(0, from_right)
-        out_weight = self.output.masked_weight().view(channels, self.hidden)
-        out = torch.addmm(
-            self.output.bias.to(combined.dtype),
-            combined.view(H * W * B, self.hidden),
-            out_weight.t().to(combined.dtype),
-        )  # (H*W*B, 2h)
-        return out.view(H, W, B, channels).permute(2, 3, 0, 1)  # (B, 2h, H, W), a view
+        combined = combined.view(H, W, B, -1).permute(2, 3, 0, 1)  # (B, h, H, W)
+        return self.output(combined.contiguous(memory_format=torch.channels_last))
 
     def scan_diagonals(self, sequence: Tensor, counts: tuple[int, ...], width: int) -> Tensor:
         """(D, H*W, B, 4h) diagonal-major input-to-state -> hidden states (D, H*W, B, h)."""
         D, _, B, _ = sequence.shape
-        weight = self.scan.state_to_state_matrix(sequence.dtype)  # (D, 2h, 4h)
+        weight = self.scan.state_to_state_matrix()  # (D, 2h, 4h)
         h0, c0 = self.scan.initial_state(B, 1, sequence)  # (D, B, 1, h)
         h0, c0 = h0.transpose(1, 2), c0.transpose(1, 2)  # (D, 1, B, h)
-        h = c = sequence.new_zeros(D, 0, B, self.hidden)  # states of diagonal -1 (empty)
+        h = c = h0.new_zeros(D, 0, B, self.hidden)  # states of diagonal -1 (empty)
         first_row, outputs = 0, []
         # split, not slicing: its backward is one cat instead of a zero map per step.
         for s, input_gates in enumerate(sequence.split(counts, dim=1)):  # (D, n, B, 4h)
@@ -131,13 +115,53 @@ class DiagonalBiLSTM(nn.Module):
             # Previous diagonal's states covering rows first_row-1 .. first_row+n-1.
             h_ext = torch.cat([h0, h, h0], dim=1)[:, offset : offset + n + 1]  # (D, n+1, B, h)
             c_left = torch.cat([c0, c, c0], dim=1)[:, offset + 1 : offset + n + 1]  # (D, n, B, h)
-            taps = torch.stack([h_ext[:, :n], h_ext[:, 1:]], dim=-1)  # (D, n, B, h, 2): (r-1), r
-            h, c = self.scan.cell(
+            taps = torch.cat([h_ext[:, :n], h_ext[:, 1:]], dim=-1)  # (D, n, B, 2h): r-1, r
+            h, c = lstm_step(
                 input_gates.reshape(D, n * B, -1),
-                taps.reshape(D, n * B, -1),
-                c_left.reshape(D, n * B, -1),
+                taps.view(D, n * B, -1),
                 weight,
+                c_left.reshape(D, n * B, -1),
             )
             h, c = h.view(D, n, B, -1), c.view(D, n, B, -1)
             outputs.append(h)
         return torch.cat(outputs, dim=1)  # (D, H*W, B, h) diagonal-major
+
+    def start_sampling(self, n: int, height: int, width: int, like: Tensor) -> dict[str, Tensor]:
+        """The cache of `sample_at`, in image coordinates (initial state outside the image)."""
+        h0, c0 = (state[:, :, 0] for state in self.scan.initial_state(n, 1, like))  # (D, n, h)
+        return {
+            "h0": h0,
+            "c0": c0,
+            "h_above": h0[0, :, None].expand(n, width, self.hidden),  # left-to-right, row i-1
+            "right_above": h0.new_zeros(n, width, self.hidden),  # right-to-left, row i-1
+            "h": h0.new_empty(n, width, self.hidden),  # left-to-right, row i
+            "c": h0.new_empty(n, width, self.hidden),
+            "right_gates": like.new_empty(n, width, 4 * self.hidden),  # row i's input-to-state
+        }
+
+    def sample_at(self, cache: dict[str, Tensor], i: int, j: int, x: Tensor) -> Tensor:
+        """Layer input (n, 2h) at (i, j) -> output (n, 2h): the left-to-right step at (i, j) plus
+        the right-to-left state of (i-1, j)."""
+        left_gates, cache["right_gates"][:, j] = self.input_to_state.at(x).chunk(2, -1)
+        h_left, c_left = (cache["h"][:, j - 1], cache["c"][:, j - 1]) if j else (
+            cache["h0"][0], cache["c0"][0])  # fmt: skip
+        taps = torch.cat([cache["h_above"][:, j], h_left], -1)  # (n, 2h): r-1, r
+        weight = self.scan.state_to_state_matrix()[:1]
+        h, c = lstm_step(left_gates[None], taps[None], weight, c_left[None])
+        cache["h"][:, j], cache["c"][:, j] = h[0], c[0]
+        return self.output.at(h[0] + cache["right_above"][:, j])
+
+    def finish_row(self, cache: dict[str, Tensor], i: int) -> None:
+        """Scan row i right to left (it reaches the output one row down, after the whole row)."""
+        width = cache["h"].shape[1]
+        weight = self.scan.state_to_state_matrix()[1:]
+        above = cache["right_above"] if i else cache["h0"][1, :, None].expand_as(cache["h"])
+        h, c = cache["h0"][1], cache["c0"][1]  # (n, h), right of the last column
+        right = torch.empty_like(cache["right_above"])  # (n, W, h)
+        for j in reversed(range(width)):
+            taps = torch.cat([above[:, j], h], -1)  # (n, 2h): r-1, r
+            h, c = lstm_step(cache["right_gates"][None, :, j], taps[None], weight, c[None])
+            h, c = h[0], c[0]
+            right[:, j] = h
+        cache["right_above"] = right
+        cache["h_above"], cache["h"] = cache["h"], torch.empty_like(cache["h"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -36,7 +35,8 @@ class MaskedConv2d(nn.Conv2d):
             out_channels, in_channels, size, colours, mask_type, out_blocks, in_blocks
         )
         self.register_buffer("mask", mask, persistent=False)
-        self.crop, self.crop_padding = _live_window(mask, self.padding)
+        self.live, self.crop_padding = _live_window(mask, self.padding)
+        self.frozen: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, in, H, W) -> (B, out, H, W).
@@ -45,33 +45,70 @@ class MaskedConv2d(nn.Conv2d):
         kernel, taps right of it) are masked to zero for every channel pair, so they are cropped
         away and the input padded to match. The weight keeps its full (out, in, kH, kW) shape.
         """
-        if self.crop is None:
-            return F.conv2d(x, self.masked_weight(), self.bias, self.stride, self.padding)
-        rows, cols = self.crop
-        weight = self.weight[:, :, rows, cols] * self.mask[:, :, rows, cols]
-        return F.conv2d(F.pad(x, self.crop_padding), weight, self.bias, self.stride)
+        if self.crop_padding is None:
+            return F.conv2d(x, self.live_weight(), self.bias, self.stride, self.padding)
+        return F.conv2d(F.pad(x, self.crop_padding), self.live_weight(), self.bias, self.stride)
 
-    def masked_weight(self) -> torch.Tensor:
+    def masked_weight(self) -> Tensor:
         """The effective (out, in, kH, kW) weight."""
         return self.weight * self.mask
+
+    def live_weight(self) -> Tensor:
+        """The effective weight over the live window, (out, in, live rows, live cols)."""
+        if self.frozen is not None:
+            return self.frozen
+        rows, cols = self.live
+        return self.weight[:, :, rows, cols] * self.mask[:, :, rows, cols]
+
+    def freeze(self, frozen: bool) -> None:
+        """Compute `live_weight` once and reuse it until unfrozen (sampling: weights are fixed)."""
+        self.frozen = None
+        self.frozen = self.live_weight().detach() if frozen else None
+
+    def at(self, x: Tensor, i: int = 0, j: int = 0, outputs: slice = slice(None)) -> Tensor:
+        """The output at one position, from the live window around it (incremental sampling).
+
+        Args:
+            x: (n, in, H, W) input map (only positions the mask reads need be filled), or
+                (n, in) for a 1x1 conv: the input at the position itself.
+            i, j: the position.
+            outputs: the output channels to compute.
+
+        Returns:
+            (n, out), or (n, len(outputs)).
+        """
+        weight = self.live_weight()[outputs].flatten(1)  # (out, in * live rows * live cols)
+        if x.dim() > 2:
+            rows, cols = self.live
+            top, left = i - self.padding[0] + rows.start, j - self.padding[1] + cols.start
+            bottom, right = i - self.padding[0] + rows.stop, j - self.padding[1] + cols.stop
+            x = x[:, :, max(top, 0) : bottom, max(left, 0) : right]  # clipped to the map
+            above, before = max(-top, 0), max(-left, 0)
+            below, after = bottom - top - above - x.shape[2], right - left - before - x.shape[3]
+            if (
+                above or below or before or after
+            ):  # zero outside the map: (n, in, live rows, live cols)
+                x = F.pad(x, (before, after, above, below))
+        return F.linear(x.flatten(1), weight, self.bias[outputs])
 
 
 def _live_window(
     mask: Tensor, padding: tuple[int, int]
-) -> tuple[tuple[slice, slice] | None, tuple[int, int, int, int]]:
-    """The smallest (rows, cols) window of the kernel holding every nonzero of `mask` and the
-    (left, right, top, bottom) input padding that keeps "same" output with it; (None, ...) when
-    that window is the whole kernel (or the mask is all zero)."""
+) -> tuple[tuple[slice, slice], tuple[int, int, int, int] | None]:
+    """The smallest (rows, cols) window of the kernel holding every nonzero of `mask`, and the
+    (left, right, top, bottom) input padding that keeps "same" output with it: None when that
+    window is the whole kernel (or the mask is all zero, when the window is the whole kernel)."""
     live = mask.ne(0).any(dim=1).any(dim=0)  # (kH, kW)
     kernel_h, kernel_w = live.shape
+    whole = (slice(0, kernel_h), slice(0, kernel_w)), None
     if not live.any():
-        return None, (0, 0, 0, 0)
+        return whole
     row_index = live.any(dim=1).nonzero().flatten()
     col_index = live.any(dim=0).nonzero().flatten()
     top, bottom = int(row_index[0]), int(row_index[-1]) + 1
     left, right = int(col_index[0]), int(col_index[-1]) + 1
     if (top, bottom, left, right) == (0, kernel_h, 0, kernel_w):
-        return None, (0, 0, 0, 0)
+        return whole
     pad_h, pad_w = padding
     crop_padding = (
         pad_w - left,

@@ -35,8 +35,9 @@ class PixelRNN(nn.Module):
         cfg: the architecture.
     """
 
-    #: Memory layout of the feature maps. Channels-last: every convolution and the Row LSTM's
-    #: scan read and write (B, H, W, channels) rows, so no layer converts layouts.
+    #: Memory layout of the feature maps. Channels-last: every convolution reads and writes
+    #: (B, H, W, channels) rows, the Row LSTM's scan reads its gates and writes its states in
+    #: that layout, and the Diagonal BiLSTM gathers from and writes back to it.
     memory_format: torch.memory_format = torch.channels_last
 
     def __init__(self, cfg: ModelConfig):

@@ -29,3 +29,15 @@ class PixelCNNBlock(nn.Module):
         x = self.reduce(F.relu(x))
         x = self.conv(F.relu(x))
         return self.output(F.relu(x))
+
+    def start_sampling(self, n: int, height: int, width: int, like: Tensor) -> dict[str, Tensor]:
+        """The cache of `sample_at`: the masked conv's input map, filled position by position."""
+        return {"reduced": like.new_zeros(n, self.conv.in_channels, height, width)}
+
+    def sample_at(self, cache: dict[str, Tensor], i: int, j: int, x: Tensor) -> Tensor:
+        """Layer input (n, 2h) at (i, j) -> layer output (n, 2h)."""
+        cache["reduced"][:, :, i, j] = F.relu(self.reduce.at(F.relu(x)))
+        return self.output.at(F.relu(self.conv.at(cache["reduced"], i, j)))
+
+    def finish_row(self, cache: dict[str, Tensor], i: int) -> None:
+        """Nothing to carry: the cached map already holds row i."""

@@ -7,9 +7,10 @@ a triangle above it and the pixels to its left.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
-from pixelrnn_model.conv_lstm import ConvLSTMScan
+from pixelrnn_model.conv_lstm import ConvLSTMScan, lstm_step
 from pixelrnn_model.masked_conv import MaskedConv2d
 
 
@@ -40,3 +41,30 @@ class RowLSTM(nn.Module):
         sequence = gates.permute(2, 0, 3, 1).unsqueeze(0)  # (1, H, B, W, 4h), a view
         hidden = self.scan(sequence)[0]  # (H, B, W, h), laid out in memory like the gates
         return self.output(hidden.permute(1, 3, 0, 2))  # (B, h, H, W) -> (B, 2h, H, W)
+
+    def start_sampling(self, n: int, height: int, width: int, like: Tensor) -> dict[str, Tensor]:
+        """The cache of `sample_at`: row i's inputs, row i-1's taps and cell states, row i's."""
+        h0, c0 = self.scan.initial_state(n, width, like)  # each (1, n, W, h)
+        return {
+            "inputs": like.new_zeros(n, self.input_to_state.in_channels, 1, width),
+            "taps": self.scan.gather_taps(h0),  # (1, n, W, k*h)
+            "c_above": c0,
+            "h": h0.new_empty(h0.shape),
+            "c": c0.new_empty(c0.shape),
+        }
+
+    def sample_at(self, cache: dict[str, Tensor], i: int, j: int, x: Tensor) -> Tensor:
+        """Layer input (n, 2h) at (i, j) -> layer output (n, 2h): the scan's step at (i, j)."""
+        cache["inputs"][:, :, 0, j] = x
+        input_gates = self.input_to_state.at(cache["inputs"], 0, j)  # (n, 4h)
+        weight = self.scan.state_to_state_matrix()
+        h, c = lstm_step(
+            input_gates[None], cache["taps"][:, :, j], weight, cache["c_above"][:, :, j]
+        )
+        cache["h"][:, :, j], cache["c"][:, :, j] = h, c
+        return self.output.at(h[0])
+
+    def finish_row(self, cache: dict[str, Tensor], i: int) -> None:
+        """Row i's states become the states above row i+1."""
+        cache["taps"] = self.scan.gather_taps(cache["h"])
+        cache["c_above"], cache["c"] = cache["c"], torch.empty_like(cache["c"])

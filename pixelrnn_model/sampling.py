@@ -1,31 +1,43 @@
 """Ancestral sampling, one sub-pixel at a time in raster and R -> G -> B order (section 2).
 
-Two samplers yield the same sequence of logits: the naive one runs the network once per
-sub-pixel (on the rows generated so far: the logits of row i depend only on rows 0..i); the
-cached one (`cached_sampling.py`) evaluates every layer at the current position only. Drawing,
-temperature, prefixes and progress are shared, so a seeded generator gives the same images.
+Two samplers yield the same sequence of logits. The naive one runs the network once per
+sub-pixel (on the rows generated so far: the logits of row i depend only on rows 0..i). The
+cached one evaluates every layer at the current position only, through each layer's
+`start_sampling` / `sample_at` / `finish_row` (which call the layer's own step and modules) and
+`MaskedConv2d.at`. Within a pixel, colour c's logits read colours < c of the same pixel through
+the mask-A centre tap, so the cached sampler recomputes the position's column of features after
+every colour: C passes per pixel. Drawing, temperature, prefixes and progress are shared, so a
+seeded generator gives the same images.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pixelrnn_model.cached_sampling import Step, cached_steps
-
+Step = tuple[int, int, int, Tensor]
+"""(i, j, c, logits (n, levels)) of one sub-pixel still to be drawn."""
 Progress = Callable[[int, int], None]
 LogitsHook = Callable[[int, int, int, Tensor], None]
 METHODS = ("cached", "naive")
 
 
 def draw(logits: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
-    """Sample one value per row of (N, levels) logits at `temperature` -> int64 (N,)."""
+    """Sample one value per row of (N, levels) logits at `temperature` -> int64 (N,).
+
+    The draw runs on the generator's device (the logits' without one), so one seeded generator
+    gives the same stream of draws whatever device the model runs on.
+    """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     probs = torch.softmax(logits.float() / temperature, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    device = probs.device if generator is None else generator.device
+    drawn = torch.multinomial(probs.to(device), 1, generator=generator)[:, 0]
+    return drawn.to(logits.device)
 
 
 @torch.no_grad()
@@ -45,6 +57,69 @@ def naive_steps(model: nn.Module, pixels: Tensor, rows: int) -> Iterator[Step]:
 
 
 @torch.no_grad()
+def cached_steps(model: nn.Module, pixels: Tensor, rows: int) -> Iterator[Step]:
+    """Yield each sub-pixel's logits in raster, R -> G -> B order, evaluating every layer at
+    the current position only.
+
+    Args:
+        model: a PixelRNN.
+        pixels: int64 (n, C, H, W); the caller writes each drawn value into `pixels[:, c, i, j]`
+            before resuming; rows < `rows` are taken as given.
+        rows: leading rows that are already given.
+    """
+    n, C, H, W = pixels.shape
+    cfg, like = model.config, model.input_conv.weight
+    features = like.new_zeros(n, C, H, W)  # the first conv's input map, filled as drawn
+    caches = [layer.start_sampling(n, H, W, like) for layer in model.layers]
+
+    def column(i: int, j: int) -> Tensor:
+        """The head's input (n, 2h) at (i, j), caching every layer's state there."""
+        x = model.input_conv.at(features, i, j)  # (n, 2h)
+        skip_sum = None
+        for index, (layer, cache) in enumerate(zip(model.layers, caches, strict=True)):
+            out = layer.sample_at(cache, i, j, x)
+            x = x + out if cfg.residual else out
+            if cfg.skip:
+                skipped = model.skips[index].at(x)
+                skip_sum = skipped if skip_sum is None else skip_sum + skipped
+        return skip_sum if cfg.skip else x
+
+    def logits(x: Tensor, c: int) -> Tensor:
+        """Head input (n, 2h) -> colour c's logits (n, levels) (output channels of colour c)."""
+        hidden = model.head_hidden.at(F.relu(x))
+        colour = slice(c * cfg.levels, (c + 1) * cfg.levels)
+        return model.head_output.at(F.relu(hidden), outputs=colour)
+
+    for i in range(H):
+        for j in range(W):
+            if i < rows:
+                features[:, :, i, j] = model.features(pixels[:, :, i, j])
+                column(i, j)
+                continue
+            for c in range(C):
+                yield i, j, c, logits(column(i, j), c)
+                features[:, c, i, j] = model.features(pixels[:, c, i, j])
+        for layer, cache in zip(model.layers, caches, strict=True):
+            layer.finish_row(cache, i)
+
+
+@contextmanager
+def sampling_mode(model: nn.Module) -> Iterator[None]:
+    """Within: eval mode, and every module with a `freeze` method (masked convolutions,
+    state-to-state weights) computes its effective weight once instead of at every position."""
+    was_training, modules = model.training, [m for m in model.modules() if hasattr(m, "freeze")]
+    model.eval()
+    try:
+        for module in modules:
+            module.freeze(True)
+        yield
+    finally:
+        for module in modules:
+            module.freeze(False)
+        model.train(was_training)
+
+
+@torch.no_grad()
 def sample(
     model: nn.Module,
     n: int,
@@ -57,6 +132,7 @@ def sample(
     rows: int = 0,
     method: str = "cached",
     logits_hook: LogitsHook | None = None,
+    seed: int | None = None,
 ) -> Tensor:
     """Draw images from a `PixelRNN`.
 
@@ -64,7 +140,8 @@ def sample(
         model: a PixelRNN (its `config` gives channels and levels).
         n: number of images.
         height, width: image size.
-        generator: a seeded torch.Generator on the model's device, for reproducible samples.
+        generator: a seeded torch.Generator on any device, for reproducible samples; the draws
+            run on its device, so a CPU generator gives the same draws for a model on any device.
         temperature: softmax temperature (1.0 samples the model's distribution).
         progress: called as progress(done, total) after each sub-pixel.
         prefix: int64 (n, C, height, width) images whose first `rows` rows are kept.
@@ -72,24 +149,27 @@ def sample(
         method: "cached" (incremental, O(layers) per sub-pixel) or "naive" (one full network
             pass per sub-pixel, for verification); both consume `generator` identically.
         logits_hook: called as logits_hook(i, j, c, logits (n, levels)) before each draw.
+        seed: instead of `generator`: draw with a new generator on the model's device, seeded.
 
     Returns:
-        int64 (n, C, height, width) in [0, levels).
+        int64 (n, C, height, width) in [0, levels), on the model's device.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    cfg = model.config
     device = next(model.parameters()).device
+    if seed is not None:
+        if generator is not None:
+            raise ValueError("pass either generator or seed, not both")
+        generator = torch.Generator(device=device).manual_seed(seed)
+    cfg = model.config
     pixels = torch.zeros(n, cfg.channels, height, width, dtype=torch.long, device=device)
     if rows:
         if prefix is None or tuple(prefix.shape) != tuple(pixels.shape):
             raise ValueError(f"prefix must have shape {tuple(pixels.shape)} when rows > 0")
         pixels[:, :, :rows] = prefix[:, :, :rows].to(device)
-    was_training = model.training
-    model.eval()
     steps = cached_steps if method == "cached" else naive_steps
     total, done = (height - rows) * width * cfg.channels, 0
-    try:
+    with sampling_mode(model):
         for i, j, c, logits in steps(model, pixels, rows):
             if logits_hook is not None:
                 logits_hook(i, j, c, logits)
@@ -97,6 +177,4 @@ def sample(
             done += 1
             if progress is not None:
                 progress(done, total)
-    finally:
-        model.train(was_training)
     return pixels

@@ -1,4 +1,4 @@
-"""Skew geometry, the LSTM cell and scan against hand-written references."""
+"""Diagonal geometry, the LSTM step and the scans against hand-written references."""
 
 import math
 
@@ -7,9 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from pixelrnn_model.conv_lstm import ConvLSTMScan, lstm_cell
+from pixelrnn_model.conv_lstm import ConvLSTMScan, lstm_step
 from pixelrnn_model.diagonal_lstm import DiagonalBiLSTM, diagonal_order
-from pixelrnn_model.skew import shift_down
+
+
+def shift_down(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H, W): row r takes row r-1; row 0 becomes zeros."""
+    return F.pad(x, (0, 0, 1, 0))[:, :, :-1]
 
 
 def test_diagonal_order_visits_the_skewed_columns_in_order():
@@ -25,10 +29,17 @@ def test_shift_down_moves_rows_and_zeroes_the_first():
     assert shift_down(x)[0, 0].tolist() == [[0, 0], [0, 1], [2, 3]]
 
 
+def lstm_cell(gates: torch.Tensor, c_prev: torch.Tensor):
+    """The cell alone through `lstm_step`: no taps (k*h = 0), so the gates are the input's."""
+    D, M, four_h = gates.shape
+    no_taps = gates.new_zeros(D, M, 0)
+    return lstm_step(gates, no_taps, gates.new_zeros(D, 0, four_h), c_prev)
+
+
 def test_lstm_cell_matches_a_hand_computed_step():
     # h = 1; gates [o, f, i, g]
-    gates = torch.tensor([[0.5, -1.0, 2.0, 0.3]], dtype=torch.float64)
-    c_prev = torch.tensor([[0.7]], dtype=torch.float64)
+    gates = torch.tensor([[[0.5, -1.0, 2.0, 0.3]]], dtype=torch.float64)
+    c_prev = torch.tensor([[[0.7]]], dtype=torch.float64)
 
     def sig(v):
         return 1 / (1 + math.exp(-v))
@@ -47,27 +58,46 @@ def plain_lstm_cell(gates, c_prev):
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
-@pytest.mark.parametrize("use_c", [True, False])
-def test_fused_cell_backward_matches_autograd_of_the_plain_cell(use_c):
+def plain_lstm_step(input_gates, taps, weight, c_prev):
+    """The step as textbook autograd operations."""
+    return plain_lstm_cell(torch.baddbmm(input_gates, taps, weight), c_prev)
+
+
+def step_inputs(requires_grad: bool = True) -> tuple[torch.Tensor, ...]:
+    """Random float64 (input_gates (2, 5, 12), taps (2, 5, 9), weight (2, 9, 12), c_prev)."""
     torch.manual_seed(0)
-    gates = torch.randn(2, 5, 12, dtype=torch.float64, requires_grad=True)
-    c_prev = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lstm_cell, (gates, c_prev))
+    shapes = (2, 5, 12), (2, 5, 9), (2, 9, 12), (2, 5, 3)
+    return tuple(torch.randn(s, dtype=torch.float64, requires_grad=requires_grad) for s in shapes)
+
+
+@pytest.mark.parametrize("use_c", [True, False])
+def test_step_backward_matches_autograd_of_the_plain_step(use_c):
+    inputs = step_inputs()
+    assert torch.autograd.gradcheck(lstm_step, inputs)
     weights = torch.randn(2, 5, 3, dtype=torch.float64), torch.randn(2, 5, 3, dtype=torch.float64)
 
-    def loss(cell):
-        h, c = cell(gates, c_prev)
+    def loss(step):
+        h, c = step(*inputs)
         return (h * weights[0]).sum() + ((c * weights[1]).sum() if use_c else 0)
 
-    fused = torch.autograd.grad(loss(lstm_cell), (gates, c_prev))
-    plain = torch.autograd.grad(loss(plain_lstm_cell), (gates, c_prev))
+    fused = torch.autograd.grad(loss(lstm_step), inputs)
+    plain = torch.autograd.grad(loss(plain_lstm_step), inputs)
     for ours, theirs in zip(fused, plain, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
-    with torch.no_grad():  # inference takes the plain path: same numbers
-        for ours, theirs in zip(
-            lstm_cell(gates, c_prev), plain_lstm_cell(gates, c_prev), strict=True
-        ):
+    with torch.no_grad():  # inference takes the buffer path without a node: same numbers
+        for ours, theirs in zip(lstm_step(*inputs), plain_lstm_step(*inputs), strict=True):
             torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
+def test_step_double_backward_raises_instead_of_returning_wrong_numbers():
+    # The step's backward is hand-written from saved values, so its gradient has no graph: a
+    # second derivative through it must fail loudly, both through .backward() and through
+    # autograd.grad with chosen inputs (which once_differentiable alone lets through silently).
+    inputs = step_inputs()
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.grad(lstm_step(*inputs)[0].sum(), inputs[0], create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.gradgradcheck(lstm_step, inputs)
 
 
 def float64_scan(hidden: int, kernel: int, pad: tuple[int, int], directions: int, learned: bool):
@@ -95,7 +125,7 @@ def test_scan_matches_a_per_step_conv1d_reference(kernel, pad, directions, learn
         for t in range(T):
             recurrent = F.conv1d(F.pad(h, pad), scan.state_to_state[d])  # (N, 4h, L)
             gates = inputs[d, t].permute(0, 2, 1) + recurrent
-            h, c = lstm_cell(gates.transpose(1, 2), c.transpose(1, 2))
+            h, c = plain_lstm_cell(gates.transpose(1, 2), c.transpose(1, 2))
             h, c = h.transpose(1, 2), c.transpose(1, 2)
             torch.testing.assert_close(out[d, t], h.transpose(1, 2), rtol=1e-12, atol=1e-12)
 
@@ -105,10 +135,11 @@ def _per_step_scan(scan: ConvLSTMScan, inputs: torch.Tensor) -> torch.Tensor:
     L, h)."""
     D, T, N, L, _ = inputs.shape
     h, c = scan.initial_state(N, L, inputs)
-    weight = scan.state_to_state_matrix(inputs.dtype)  # (D, k*h, 4h), rows (channel, tap)
+    weight = scan.state_to_state_matrix()  # (D, k*h, 4h), rows (tap, channel)
     outputs = []
     for t in range(T):
-        taps = F.pad(h, (0, 0, *scan.pad)).unfold(2, scan.kernel, 1).reshape(D, N * L, -1)
+        taps = F.pad(h, (0, 0, *scan.pad)).unfold(2, scan.kernel, 1)  # (D, N, L, h, k)
+        taps = taps.transpose(3, 4).reshape(D, N * L, -1)  # (D, N*L, k*h), (tap, channel)
         gates = torch.baddbmm(inputs[:, t].reshape(D, N * L, -1), taps, weight)
         o, f, i, g = gates.chunk(4, dim=-1)
         c = torch.sigmoid(f) * c.reshape(D, N * L, -1) + torch.sigmoid(i) * torch.tanh(g)

@@ -69,7 +69,7 @@ def test_cropped_masked_conv_equals_the_dense_masked_conv(kernel, mask_type, col
 
     torch.manual_seed(0)
     conv = MaskedConv2d(6, 12, kernel, colours, mask_type).double()
-    window = None if conv.crop is None else tuple(s.stop - s.start for s in conv.crop)
+    window = None if conv.crop_padding is None else tuple(s.stop - s.start for s in conv.live)
     assert window == cropped
     x = torch.randn(2, 6, 5, 7, dtype=torch.float64, requires_grad=True)
     dense_x = x.detach().clone().requires_grad_()
@@ -83,3 +83,11 @@ def test_cropped_masked_conv_equals_the_dense_masked_conv(kernel, mask_type, col
     (x_grad,) = torch.autograd.grad(out, x, grad)
     assert torch.allclose(weight_grad, dense_weight_grad, atol=1e-12)
     assert torch.allclose(x_grad, dense_x_grad, atol=1e-12)
+    # `at`, the sampler's one-position evaluation, gives the same output at every position
+    # (edges included) and for a slice of the output channels.
+    with torch.no_grad():
+        for i in range(5):
+            for j in range(7):
+                torch.testing.assert_close(conv.at(x, i, j), out[:, :, i, j], rtol=0, atol=1e-12)
+                part = conv.at(x, i, j, outputs=slice(4, 8))
+                torch.testing.assert_close(part, out[:, 4:8, i, j], rtol=0, atol=1e-12)

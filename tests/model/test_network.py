@@ -124,3 +124,25 @@ def test_overfitting_one_small_batch_drives_bits_per_dim_down(layer):
     end = bits_per_dim(model(pixels), pixels).item()
     assert start > 7.5
     assert end < 3.0, f"{layer}: {start:.2f} -> {end:.2f} bits/dim"
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_second_derivatives_are_right_or_refused(layer):
+    # gradgradcheck of a 1-layer float64 model's cross-entropy with respect to one weight of its
+    # layer: the PixelCNN (plain autograd) passes; the recurrent layers, whose LSTM step has a
+    # hand-written backward, refuse with an error instead of returning wrong numbers.
+    model = tiny(layer, num_layers=1, channels=1, levels=2, hidden_channels=2, head_channels=2)
+    model = model.double()
+    pixels = torch.randint(0, 2, (1, 1, 3, 3), generator=torch.Generator().manual_seed(0))
+    name = {"pixelcnn": "layers.0.conv.weight"}.get(layer, "layers.0.scan.state_to_state")
+    weight = dict(model.named_parameters())[name].detach().clone().requires_grad_()
+
+    def loss(weight: torch.Tensor) -> torch.Tensor:
+        logits = torch.func.functional_call(model, {name: weight}, (pixels,))
+        return torch.nn.functional.cross_entropy(logits, pixels)
+
+    if layer == "pixelcnn":
+        assert torch.autograd.gradgradcheck(loss, (weight,))
+    else:
+        with pytest.raises(RuntimeError, match="differentiable once"):
+            torch.autograd.gradgradcheck(loss, (weight,))

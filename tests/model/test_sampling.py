@@ -122,3 +122,26 @@ def test_sampling_restores_training_mode():
     model = make_model("diagonal_bilstm", "binary").train()
     sample(model, 1, 2, 2)
     assert model.training
+
+
+def test_seed_draws_with_a_generator_on_the_models_device():
+    model = make_model("row_lstm", "binary")
+    device = next(model.parameters()).device
+    seeded = sample(model, 2, 3, 2, seed=4)
+    explicit = sample(model, 2, 3, 2, generator=torch.Generator(device=device).manual_seed(4))
+    assert torch.equal(seeded, explicit)
+    with pytest.raises(ValueError, match="either generator or seed"):
+        sample(model, 1, 2, 2, seed=1, generator=torch.Generator())
+
+
+def test_draws_run_on_the_generators_device():
+    # `draw` moves the probabilities to the generator's device and the values back, so a CPU
+    # generator works for a model on any device: here both are on CPU, and the draws equal
+    # torch.multinomial with that generator on the softmax.
+    from pixelrnn_model.sampling import draw
+
+    logits = torch.randn(5, 7, dtype=torch.float64)
+    drawn = draw(logits, 0.8, torch.Generator().manual_seed(3))
+    probs = torch.softmax(logits.float() / 0.8, dim=-1)
+    expected = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(3))[:, 0]
+    assert torch.equal(drawn, expected) and drawn.device == logits.device
