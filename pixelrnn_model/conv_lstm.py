@@ -17,25 +17,16 @@ from torch.autograd.function import once_differentiable
 
 
 def state_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype of cell states and gradient sums for products in `dtype`: float32 or wider."""
+    """The dtype of states and gradient sums for products in `dtype`: float32 or wider."""
     return torch.promote_types(dtype, torch.float32)
 
 
 def _step(input_gates, taps, weight, c_prev, activations, c, tanh_c) -> Tensor:
-    """One step for M positions, into preallocated buffers: the LSTM cell (sigmoid on the o, f,
-    i gates, tanh on the content gate g) of input_gates + taps @ weight.
-
-    Args:
-        input_gates: (D, M, 4h) pre-activations [o, f, i, g] (any shape viewable as it).
-        taps: (D, M, k*h) previous states at each position's k taps, ordered (tap, channel);
-            `weight` (D, k*h, 4h). Both in the products' dtype.
-        c_prev: (D, M, h) previous cell state.
-        activations: (D, M, 4h) buffer receiving sigmoid(o, f, i), tanh(g).
-        c, tanh_c: (D, M, h) buffers receiving the new cell state c and tanh(c).
-
-    Returns:
-        h = sigmoid(o) * tanh(c), (D, M, h).
-    """
+    """One step for M positions into preallocated buffers: the LSTM cell (sigmoid on o, f, i,
+    tanh on the content gate g) of input_gates + taps @ weight. input_gates (D, M, 4h) [o, f, i,
+    g], taps (D, M, k*h), weight (D, k*h, 4h), c_prev (D, M, h); the buffers activations
+    (D, M, 4h), c and tanh_c (D, M, h) receive sigmoid(o, f, i) and tanh(g), c, tanh(c).
+    Returns h = sigmoid(o) * tanh(c), (D, M, h)."""
     activations.view_as(input_gates).copy_(input_gates)
     _add_product(activations, taps, weight)
     hidden = c_prev.shape[-1]
@@ -84,20 +75,18 @@ def _new_step(input_gates: Tensor, taps: Tensor, weight: Tensor, c_prev: Tensor)
 
 
 def _differentiable_once(backward):
-    """`once_differentiable`, plus an error as soon as a graph of the gradient is requested:
-    alone, it raises only if a second backward reaches its node, which `autograd.grad` with
-    chosen inputs (gradgradcheck, gradient penalties) skips, silently missing this node's share."""
-    inner = once_differentiable(backward)
+    """`once_differentiable`, raising as soon as a graph of the gradient is requested: alone, it
+    raises only when a second backward reaches its node, which `autograd.grad` with chosen
+    inputs (gradgradcheck, gradient penalties) skips, silently dropping this node's share."""
 
     @functools.wraps(backward)
     def wrapper(ctx, *grads):
         if torch.is_grad_enabled():
             raise RuntimeError(
                 "the PixelRNN LSTM step is differentiable once (its backward is hand-written): "
-                "double backward (create_graph=True) through a Row LSTM or Diagonal BiLSTM is "
-                "not supported"
+                "double backward through a Row LSTM or Diagonal BiLSTM is not supported"
             )
-        return inner(ctx, *grads)
+        return once_differentiable(backward)(ctx, *grads)
 
     return wrapper
 
@@ -118,18 +107,16 @@ class _Step(torch.autograd.Function):
     def backward(ctx, grad_h, grad_c):
         saved = ctx.saved_tensors
         grad_weight = torch.zeros_like(saved[1], dtype=saved[2].dtype)  # (D, k*h, 4h)
-        grads = _step_backward(grad_h, grad_c, saved, grad_weight)
-        grads = grads[0], grads[1], grad_weight, grads[2]  # input_gates, taps, weight, c_prev
-        return grads[0], *(g.to(dtype) for g, dtype in zip(grads[1:], ctx.dtypes, strict=True))
+        grad_gates, grad_taps, grad_c_prev = _step_backward(grad_h, grad_c, saved, grad_weight)
+        grads = zip((grad_taps, grad_weight, grad_c_prev), ctx.dtypes, strict=True)
+        return grad_gates, *(grad.to(dtype) for grad, dtype in grads)
 
 
 def lstm_step(
     input_gates: Tensor, taps: Tensor, weight: Tensor, c_prev: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """One convolutional LSTM step for M positions: the cell of input_gates + taps @ weight.
-
-    Under autograd one node with a hand-written backward (differentiable once): a per-step
-    graph of product, slices and nine element-wise operations costs more than its arithmetic.
+    """One convolutional LSTM step for M positions: the cell of input_gates + taps @ weight;
+    under autograd, one node with a hand-written backward (differentiable once).
 
     Args:
         input_gates: (D, M, 4h) input-to-state pre-activations [o, f, i, g].
@@ -147,12 +134,9 @@ def lstm_step(
 
 
 class ConvLSTMScan(nn.Module):
-    """The state-to-state convolution and initial state of a convolutional LSTM, and its scan.
-
-    `forward` scans the T axis of a precomputed input-to-state map, the state-to-state conv
-    (kernel k, zero padding `pad`) sliding over the L axis of the previous step's state: the Row
-    LSTM. The Diagonal BiLSTM holds its weights here too but scans with `lstm_step` directly,
-    because its steps (the image's diagonals) differ in length.
+    """A convolutional LSTM's state-to-state weight and initial state, and its scan (`forward`,
+    the Row LSTM's) over T steps, the k-tap state-to-state conv sliding over L positions. The
+    Diagonal BiLSTM keeps its weights here but calls `lstm_step` per diagonal.
 
     Args:
         hidden: h, hidden channels per direction.
@@ -178,11 +162,8 @@ class ConvLSTMScan(nn.Module):
         self.state_to_state = nn.Parameter(torch.empty(directions, 4 * hidden, hidden, kernel))
         bound = 1.0 / (hidden * kernel) ** 0.5
         nn.init.uniform_(self.state_to_state, -bound, bound)
-        if learn_initial_state:
-            self.initial_hidden = nn.Parameter(torch.zeros(directions, hidden))
-            self.initial_cell = nn.Parameter(torch.zeros(directions, hidden))
-        else:
-            self.initial_hidden = self.initial_cell = None
+        learned = (nn.Parameter(torch.zeros(directions, hidden)) for _ in range(2))
+        self.initial_hidden, self.initial_cell = learned if learn_initial_state else (None, None)
         self.frozen: Tensor | None = None
 
     def state_to_state_matrix(self) -> Tensor:
@@ -203,13 +184,9 @@ class ConvLSTMScan(nn.Module):
         directions = self.state_to_state.shape[0]
         shape, dtype = (directions, batch, length, self.hidden), state_dtype(like.dtype)
         if self.initial_hidden is None:
-            zeros = like.new_zeros(shape, dtype=dtype)
-            return zeros, zeros
-        expand = (directions, 1, 1, self.hidden)
-        return (
-            self.initial_hidden.view(expand).expand(shape).to(dtype),
-            self.initial_cell.view(expand).expand(shape).to(dtype),
-        )
+            return (like.new_zeros(shape, dtype=dtype),) * 2
+        states = self.initial_hidden, self.initial_cell  # each (D, h)
+        return tuple(state[:, None, None].expand(shape).to(dtype) for state in states)
 
     def gather_taps(self, h: Tensor) -> Tensor:
         """The taps of every position: (D, N, L, h) states -> (D, N, L, k*h), zero padded."""
@@ -218,6 +195,7 @@ class ConvLSTMScan(nn.Module):
         _gather_taps(taps, h, self.pad[0])
         return taps.view(D, N, L, -1)
 
+    @torch.compiler.disable  # traced, the steps unroll: compiling the CIFAR Row LSTM ran 12+ min
     def forward(self, input_to_state: Tensor) -> Tensor:
         """(D, T, N, L, 4h) -> hidden states (D, T, N, L, h), in the input's dtype.
 
@@ -227,14 +205,7 @@ class ConvLSTMScan(nn.Module):
         """
         h0, c0 = self.initial_state(*input_to_state.shape[2:4], input_to_state)
         weight = self.state_to_state_matrix()
-        return _scan(input_to_state, weight, h0, c0, self.pad[0])
-
-
-@torch.compiler.disable
-def _scan(x: Tensor, weight: Tensor, h0: Tensor, c0: Tensor, left: int) -> Tensor:
-    """`_ScanFunction`, left to eager mode under torch.compile: traced, its steps unroll, and
-    compiling the CIFAR Row LSTM took over 12 minutes of one core before it was stopped."""
-    return _ScanFunction.apply(x, weight, h0, c0, left)
+        return _ScanFunction.apply(input_to_state, weight, h0, c0, self.pad[0])
 
 
 class _ScanFunction(torch.autograd.Function):
@@ -284,18 +255,16 @@ class _ScanFunction(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight, dtype=cells.dtype)  # sums in the state dtype
         grad_h, grad_c = cells.new_zeros(2, D, M, hid)  # from the next step
         for t in reversed(range(T)):
-            grad_h = grad_hidden[:, t].reshape(D, M, hid) + grad_h.to(cells.dtype)
+            grad_h = grad_hidden[:, t].reshape(D, M, hid) + grad_h.view(D, M, hid)
             saved = (taps[t].view(D, M, -1), weight, cells[t], activations[t], tanh_cells[t])
             grad_gates, grad_taps, grad_c = _step_backward(grad_h, grad_c, saved, grad_weight)
             grad_x[:, t] = grad_gates.view(D, N, L, -1)
-            grad_h = _scatter_taps(grad_taps.view(D, N, L, k, hid), ctx.left).view(D, M, hid)
-        grad_h0 = grad_h.view(D, N, L, hid).to(cells.dtype)
-        return grad_x, grad_weight, grad_h0, grad_c.view(D, N, L, hid), None
+            grad_h = _scatter_taps(grad_taps.view(D, N, L, k, hid), ctx.left).to(cells.dtype)
+        return grad_x, grad_weight, grad_h, grad_c.view(D, N, L, hid), None
 
 
 def _new_steps(like: Tensor, shape: tuple[int, ...], order: list[int]) -> Tensor:
-    """An empty tensor of `shape` (D, T, N, L, channels), its first four dimensions ordered in
-    memory by `order` (outermost first), channels innermost."""
+    """An empty (D, T, N, L, channels) tensor, dims 0-3 in memory in `order`, channels last."""
     physical = like.new_empty([shape[d] for d in order] + [shape[4]])
     return physical.permute([order.index(d) for d in range(4)] + [4])
 

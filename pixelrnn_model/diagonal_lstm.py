@@ -19,48 +19,31 @@ from pixelrnn_model.masked_conv import MaskedConv2d
 
 
 @lru_cache(maxsize=64)
-def diagonal_order(
-    height: int, width: int, device: torch.device
-) -> tuple[Tensor, Tensor, tuple[int, ...]]:
-    """Raster indices sorted by diagonal s = r + j, then by row; its inverse; diagonal lengths
-    (cached: every layer of every forward pass uses the same geometry).
-
-    Returns:
-        order: int64 (H*W,) raster index r*W + j of each position in diagonal-major order.
-        raster: int64 (H*W,) the inverse permutation (diagonal-major index of each position).
-        counts: H+W-1 diagonal lengths, summing to H*W.
-    """
-    rows = torch.arange(height, device=device)[:, None]  # (H, 1)
-    cols = torch.arange(width, device=device)[None, :]  # (1, W)
-    diagonal = (rows + cols).flatten()  # (H*W,)
-    order = torch.argsort(diagonal * height + rows.expand(height, width).flatten())
-    raster = torch.empty_like(order)
-    raster[order] = torch.arange(order.numel(), device=device)
-    counts = tuple(torch.bincount(diagonal, minlength=height + width - 1).tolist())
-    return order, raster, counts
-
-
-@lru_cache(maxsize=64)
-def bidirectional_gathers(
+def diagonal_gathers(
     height: int, width: int, device: torch.device
 ) -> tuple[Tensor, Tensor, Tensor, tuple[int, ...]]:
-    """Indices that move rows between raster order and both directions' diagonal-major order.
+    """Indices between raster order and both directions' diagonal-major order (cached: every
+    layer of every forward pass uses the same geometry).
 
     Returns:
-        into_scan: int64 (2, H*W) raster index of each diagonal-major row, left-to-right
-            direction, then right-to-left (which scans the width-flipped image).
+        into_scan: int64 (2, H*W) raster index r*W + j of each diagonal-major row (sorted by
+            diagonal s = r + j, then by row), left-to-right, then right-to-left (which scans the
+            width-flipped image).
         from_left: int64 (H*W,) for each raster position, its row in the left-to-right scan.
         from_right: int64 (H*W,) for each raster position (r, j), the row of (r-1, j) in the
             right-to-left scan: the paper's one-row shift; row 0 points at H*W, a zero row.
-        counts: H+W-1 diagonal lengths.
+        counts: the H+W-1 diagonal lengths.
     """
-    order, raster, counts = diagonal_order(height, width, device)
+    rows = torch.arange(height, device=device).repeat_interleave(width)  # (H*W,) r
+    diagonal = rows + torch.arange(width, device=device).repeat(height)  # (H*W,) r + j
+    order = torch.argsort(diagonal * height + rows)
     flipped = order // width * width + (width - 1 - order % width)  # same diagonals, mirrored
-    from_right = torch.empty_like(raster)
-    from_right[flipped] = torch.arange(order.numel(), device=device)
+    from_left, from_right = torch.empty_like(order), torch.empty_like(order)
+    from_left[order] = from_right[flipped] = torch.arange(order.numel(), device=device)
     shifted = torch.full_like(from_right, order.numel())  # row 0: nothing above it
     shifted[width:] = from_right[:-width]
-    return torch.stack([order, flipped]), raster, shifted, counts
+    counts = tuple(torch.bincount(diagonal, minlength=height + width - 1).tolist())
+    return torch.stack([order, flipped]), from_left, shifted, counts
 
 
 class DiagonalBiLSTM(nn.Module):
@@ -88,7 +71,7 @@ class DiagonalBiLSTM(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(B, 2h, H, W) -> (B, 2h, H, W), channels-last."""
         B, _, H, W = x.shape
-        into_scan, from_left, from_right, counts = bidirectional_gathers(H, W, x.device)
+        into_scan, from_left, from_right, counts = diagonal_gathers(H, W, x.device)
         gates = self.input_to_state(x)  # (B, 8h, H, W)
         rows = gates.permute(2, 3, 0, 1).reshape(H * W, B, -1)  # (H*W, B, 8h), a channels-last view
         gathered = zip(rows.chunk(2, -1), into_scan, strict=True)  # each direction its own gates
@@ -97,7 +80,7 @@ class DiagonalBiLSTM(nn.Module):
         right = F.pad(hidden[1], (0, 0, 0, 0, 0, 1))  # (H*W + 1, B, h): a zero row at the end
         combined = hidden[0].index_select(0, from_left) + right.index_select(0, from_right)
         combined = combined.view(H, W, B, -1).permute(2, 3, 0, 1)  # (B, h, H, W)
-        return self.output(combined.contiguous(memory_format=torch.channels_last))
+        return self.output(combined.to(x.dtype, memory_format=torch.channels_last))
 
     def scan_diagonals(self, sequence: Tensor, counts: tuple[int, ...], width: int) -> Tensor:
         """(D, H*W, B, 4h) diagonal-major input-to-state -> hidden states (D, H*W, B, h)."""
@@ -129,33 +112,28 @@ class DiagonalBiLSTM(nn.Module):
     def start_sampling(self, n: int, height: int, width: int, like: Tensor) -> dict[str, Tensor]:
         """The cache of `sample_at`, in image coordinates (initial state outside the image)."""
         h0, c0 = (state[:, :, 0] for state in self.scan.initial_state(n, 1, like))  # (D, n, h)
-        return {
-            "h0": h0,
-            "c0": c0,
-            "h_above": h0[0, :, None].expand(n, width, self.hidden),  # left-to-right, row i-1
-            "right_above": h0.new_zeros(n, width, self.hidden),  # right-to-left, row i-1
-            "h": h0.new_empty(n, width, self.hidden),  # left-to-right, row i
-            "c": h0.new_empty(n, width, self.hidden),
-            "right_gates": like.new_empty(n, width, 4 * self.hidden),  # row i's input-to-state
-        }
+        # Left-to-right states of row i at columns -1..W-1 (column -1: the initial state).
+        h, c = (state[0, :, None].repeat(1, width + 1, 1) for state in (h0, c0))  # (n, W+1, h)
+        cache = dict(h0=h0, c0=c0, h=h, c=c, h_above=h[:, 1:].clone())  # row -1: initial state
+        cache["right_above"] = h0.new_zeros(n, width, self.hidden)  # zero: the one-row shift
+        cache["right_gates"] = like.new_empty(n, width, 4 * self.hidden)  # row i, right-to-left
+        return cache
 
     def sample_at(self, cache: dict[str, Tensor], i: int, j: int, x: Tensor) -> Tensor:
         """Layer input (n, 2h) at (i, j) -> output (n, 2h): the left-to-right step at (i, j) plus
         the right-to-left state of (i-1, j)."""
         left_gates, cache["right_gates"][:, j] = self.input_to_state.at(x).chunk(2, -1)
-        h_left, c_left = (cache["h"][:, j - 1], cache["c"][:, j - 1]) if j else (
-            cache["h0"][0], cache["c0"][0])  # fmt: skip
-        taps = torch.cat([cache["h_above"][:, j], h_left], -1)  # (n, 2h): r-1, r
+        taps = torch.cat([cache["h_above"][:, j], cache["h"][:, j]], -1)  # (i-1, j), (i, j-1)
         weight = self.scan.state_to_state_matrix()[:1]
-        h, c = lstm_step(left_gates[None], taps[None], weight, c_left[None])
-        cache["h"][:, j], cache["c"][:, j] = h[0], c[0]
+        h, c = lstm_step(left_gates[None], taps[None], weight, cache["c"][None, :, j])
+        cache["h"][:, j + 1], cache["c"][:, j + 1] = h[0], c[0]
         return self.output.at(h[0] + cache["right_above"][:, j])
 
     def finish_row(self, cache: dict[str, Tensor], i: int) -> None:
         """Scan row i right to left (it reaches the output one row down, after the whole row)."""
-        width = cache["h"].shape[1]
+        width = cache["right_above"].shape[1]
         weight = self.scan.state_to_state_matrix()[1:]
-        above = cache["right_above"] if i else cache["h0"][1, :, None].expand_as(cache["h"])
+        above = cache["right_above"] if i else cache["h0"][1, :, None].expand_as(cache["h_above"])
         h, c = cache["h0"][1], cache["c0"][1]  # (n, h), right of the last column
         right = torch.empty_like(cache["right_above"])  # (n, W, h)
         for j in reversed(range(width)):
@@ -163,5 +141,4 @@ class DiagonalBiLSTM(nn.Module):
             h, c = lstm_step(cache["right_gates"][None, :, j], taps[None], weight, c[None])
             h, c = h[0], c[0]
             right[:, j] = h
-        cache["right_above"] = right
-        cache["h_above"], cache["h"] = cache["h"], torch.empty_like(cache["h"])
+        cache["right_above"], cache["h_above"] = right, cache["h"][:, 1:].clone()

@@ -39,19 +39,12 @@ class MaskedConv2d(nn.Conv2d):
         self.frozen: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        """(B, in, H, W) -> (B, out, H, W).
-
-        Only the kernel's live window is convolved: rows below the centre (and, in a one-row
-        kernel, taps right of it) are masked to zero for every channel pair, so they are cropped
-        away and the input padded to match. The weight keeps its full (out, in, kH, kW) shape.
-        """
+        """(B, in, H, W) -> (B, out, H, W), convolving only the kernel's live window: rows below
+        the centre (and, in a one-row kernel, taps right of it) are masked to zero for every
+        channel pair, so they are cropped away and the input padded to match."""
         if self.crop_padding is None:
-            return F.conv2d(x, self.live_weight(), self.bias, self.stride, self.padding)
-        return F.conv2d(F.pad(x, self.crop_padding), self.live_weight(), self.bias, self.stride)
-
-    def masked_weight(self) -> Tensor:
-        """The effective (out, in, kH, kW) weight."""
-        return self.weight * self.mask
+            return F.conv2d(x, self.live_weight(), self.bias, padding=self.padding)
+        return F.conv2d(F.pad(x, self.crop_padding), self.live_weight(), self.bias)
 
     def live_weight(self) -> Tensor:
         """The effective weight over the live window, (out, in, live rows, live cols)."""
@@ -66,17 +59,8 @@ class MaskedConv2d(nn.Conv2d):
         self.frozen = self.live_weight().detach() if frozen else None
 
     def at(self, x: Tensor, i: int = 0, j: int = 0, outputs: slice = slice(None)) -> Tensor:
-        """The output at one position, from the live window around it (incremental sampling).
-
-        Args:
-            x: (n, in, H, W) input map (only positions the mask reads need be filled), or
-                (n, in) for a 1x1 conv: the input at the position itself.
-            i, j: the position.
-            outputs: the output channels to compute.
-
-        Returns:
-            (n, out), or (n, len(outputs)).
-        """
+        """The output (n, out) (or its `outputs` channels) at position (i, j) of the input map
+        x (n, in, H, W), from the live window around it; a 1x1 conv also takes x (n, in)."""
         weight = self.live_weight()[outputs].flatten(1)  # (out, in * live rows * live cols)
         if x.dim() > 2:
             rows, cols = self.live
@@ -85,35 +69,24 @@ class MaskedConv2d(nn.Conv2d):
             x = x[:, :, max(top, 0) : bottom, max(left, 0) : right]  # clipped to the map
             above, before = max(-top, 0), max(-left, 0)
             below, after = bottom - top - above - x.shape[2], right - left - before - x.shape[3]
-            if (
-                above or below or before or after
-            ):  # zero outside the map: (n, in, live rows, live cols)
-                x = F.pad(x, (before, after, above, below))
+            if above or below or before or after:  # zero outside the map
+                x = F.pad(x, (before, after, above, below))  # (n, in, live rows, live cols)
         return F.linear(x.flatten(1), weight, self.bias[outputs])
 
 
 def _live_window(
     mask: Tensor, padding: tuple[int, int]
 ) -> tuple[tuple[slice, slice], tuple[int, int, int, int] | None]:
-    """The smallest (rows, cols) window of the kernel holding every nonzero of `mask`, and the
-    (left, right, top, bottom) input padding that keeps "same" output with it: None when that
-    window is the whole kernel (or the mask is all zero, when the window is the whole kernel)."""
+    """The smallest (rows, cols) window of the kernel holding every nonzero of `mask` (all of it
+    for an all-zero mask), and the (left, right, top, bottom) input padding that keeps "same"
+    output with it: None when the window is the whole kernel."""
     live = mask.ne(0).any(dim=1).any(dim=0)  # (kH, kW)
-    kernel_h, kernel_w = live.shape
-    whole = (slice(0, kernel_h), slice(0, kernel_w)), None
+    (kernel_h, kernel_w), (pad_h, pad_w) = live.shape, padding
     if not live.any():
-        return whole
-    row_index = live.any(dim=1).nonzero().flatten()
-    col_index = live.any(dim=0).nonzero().flatten()
-    top, bottom = int(row_index[0]), int(row_index[-1]) + 1
-    left, right = int(col_index[0]), int(col_index[-1]) + 1
+        return (slice(0, kernel_h), slice(0, kernel_w)), None
+    rows, cols = live.any(dim=1).nonzero(), live.any(dim=0).nonzero()
+    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    window = slice(top, bottom), slice(left, right)
     if (top, bottom, left, right) == (0, kernel_h, 0, kernel_w):
-        return whole
-    pad_h, pad_w = padding
-    crop_padding = (
-        pad_w - left,
-        pad_w - (kernel_w - right),
-        pad_h - top,
-        pad_h - (kernel_h - bottom),
-    )
-    return (slice(top, bottom), slice(left, right)), crop_padding
+        return window, None
+    return window, (pad_w - left, pad_w - kernel_w + right, pad_h - top, pad_h - kernel_h + bottom)

@@ -12,16 +12,8 @@ import torch
 
 
 def colour_groups(num_channels: int, colours: int, blocks: int = 1) -> torch.Tensor:
-    """Colour group of every channel when `num_channels` splits into `blocks` equal blocks.
-
-    Args:
-        num_channels: channels of the feature map.
-        colours: number of image channels C (groups per block).
-        blocks: equal blocks, each split into C contiguous colour groups.
-
-    Returns:
-        int64 (num_channels,) with values in [0, colours).
-    """
+    """Colour group in [0, colours) of every channel, int64 (num_channels,), when the channels
+    split into `blocks` equal blocks, each split into `colours` contiguous equal groups."""
     if num_channels % blocks:
         raise ValueError(f"{num_channels} channels do not split into {blocks} equal blocks")
     block = num_channels // blocks

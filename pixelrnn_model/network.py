@@ -59,14 +59,8 @@ class PixelRNN(nn.Module):
         return pixels.to(self.input_conv.weight.dtype) * scale - 1.0
 
     def forward(self, pixels: Tensor) -> Tensor:
-        """Logits of every sub-pixel given the ones before it.
-
-        Args:
-            pixels: int64 (B, C, H, W) in [0, levels).
-
-        Returns:
-            logits (B, levels, C, H, W).
-        """
+        """int64 pixels (B, C, H, W) in [0, levels) -> logits (B, levels, C, H, W) of every
+        sub-pixel given the ones before it."""
         B, C, H, W = pixels.shape
         features = self.features(pixels).contiguous(memory_format=self.memory_format)
         x = self.input_conv(features)  # (B, 2h, H, W)

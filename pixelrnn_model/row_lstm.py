@@ -7,7 +7,6 @@ a triangle above it and the pixels to its left.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from pixelrnn_model.conv_lstm import ConvLSTMScan, lstm_step
@@ -45,13 +44,10 @@ class RowLSTM(nn.Module):
     def start_sampling(self, n: int, height: int, width: int, like: Tensor) -> dict[str, Tensor]:
         """The cache of `sample_at`: row i's inputs, row i-1's taps and cell states, row i's."""
         h0, c0 = self.scan.initial_state(n, width, like)  # each (1, n, W, h)
-        return {
-            "inputs": like.new_zeros(n, self.input_to_state.in_channels, 1, width),
-            "taps": self.scan.gather_taps(h0),  # (1, n, W, k*h)
-            "c_above": c0,
-            "h": h0.new_empty(h0.shape),
-            "c": c0.new_empty(c0.shape),
-        }
+        inputs = like.new_zeros(n, self.input_to_state.in_channels, 1, width)
+        taps = self.scan.gather_taps(h0)  # (1, n, W, k*h)
+        h, c = h0.new_empty(h0.shape), c0.new_empty(c0.shape)
+        return dict(inputs=inputs, taps=taps, c_above=c0.clone(), h=h, c=c)
 
     def sample_at(self, cache: dict[str, Tensor], i: int, j: int, x: Tensor) -> Tensor:
         """Layer input (n, 2h) at (i, j) -> layer output (n, 2h): the scan's step at (i, j)."""
@@ -67,4 +63,4 @@ class RowLSTM(nn.Module):
     def finish_row(self, cache: dict[str, Tensor], i: int) -> None:
         """Row i's states become the states above row i+1."""
         cache["taps"] = self.scan.gather_taps(cache["h"])
-        cache["c_above"], cache["c"] = cache["c"], torch.empty_like(cache["c"])
+        cache["c_above"], cache["c"] = cache["c"], cache["c_above"]

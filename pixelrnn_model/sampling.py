@@ -1,13 +1,8 @@
 """Ancestral sampling, one sub-pixel at a time in raster and R -> G -> B order (section 2).
 
-Two samplers yield the same sequence of logits. The naive one runs the network once per
-sub-pixel (on the rows generated so far: the logits of row i depend only on rows 0..i). The
-cached one evaluates every layer at the current position only, through each layer's
-`start_sampling` / `sample_at` / `finish_row` (which call the layer's own step and modules) and
-`MaskedConv2d.at`. Within a pixel, colour c's logits read colours < c of the same pixel through
-the mask-A centre tap, so the cached sampler recomputes the position's column of features after
-every colour: C passes per pixel. Drawing, temperature, prefixes and progress are shared, so a
-seeded generator gives the same images.
+The naive sampler runs the network once per sub-pixel; the cached one evaluates every layer at
+the current position only, through the layers' own steps (`start_sampling`, `sample_at`,
+`finish_row`) and `MaskedConv2d.at`. Both yield the same logits and share the drawing.
 """
 
 from __future__ import annotations
@@ -19,19 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-Step = tuple[int, int, int, Tensor]
-"""(i, j, c, logits (n, levels)) of one sub-pixel still to be drawn."""
-Progress = Callable[[int, int], None]
-LogitsHook = Callable[[int, int, int, Tensor], None]
+Step = tuple[int, int, int, Tensor]  # (i, j, c, logits (n, levels)) of a sub-pixel to draw
 METHODS = ("cached", "naive")
 
 
 def draw(logits: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
-    """Sample one value per row of (N, levels) logits at `temperature` -> int64 (N,).
-
-    The draw runs on the generator's device (the logits' without one), so one seeded generator
-    gives the same stream of draws whatever device the model runs on.
-    """
+    """Sample one value per row of (N, levels) logits at `temperature` -> int64 (N,), on the
+    generator's device (so one seeded generator gives the same draws for a model anywhere)."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     probs = torch.softmax(logits.float() / temperature, dim=-1)
@@ -42,13 +31,8 @@ def draw(logits: Tensor, temperature: float, generator: torch.Generator | None) 
 
 @torch.no_grad()
 def naive_steps(model: nn.Module, pixels: Tensor, rows: int) -> Iterator[Step]:
-    """Yield (i, j, c, logits (n, levels)) per sub-pixel, one network pass each.
-
-    Args:
-        model: a PixelRNN.
-        pixels: int64 (n, C, H, W); the caller writes each drawn value before resuming.
-        rows: leading rows that are already given.
-    """
+    """Yield (i, j, c, logits (n, levels)) per sub-pixel of pixels (n, C, H, W) after the first
+    `rows` rows, one network pass each (on rows 0..i: row i's logits depend on no later row)."""
     _, C, H, W = pixels.shape
     for i in range(rows, H):
         for j in range(W):
@@ -58,15 +42,8 @@ def naive_steps(model: nn.Module, pixels: Tensor, rows: int) -> Iterator[Step]:
 
 @torch.no_grad()
 def cached_steps(model: nn.Module, pixels: Tensor, rows: int) -> Iterator[Step]:
-    """Yield each sub-pixel's logits in raster, R -> G -> B order, evaluating every layer at
-    the current position only.
-
-    Args:
-        model: a PixelRNN.
-        pixels: int64 (n, C, H, W); the caller writes each drawn value into `pixels[:, c, i, j]`
-            before resuming; rows < `rows` are taken as given.
-        rows: leading rows that are already given.
-    """
+    """`naive_steps`, evaluating every layer at (i, j) only. Colour c reads colours < c of its
+    own pixel (mask A), so the position's column is recomputed after every colour."""
     n, C, H, W = pixels.shape
     cfg, like = model.config, model.input_conv.weight
     features = like.new_zeros(n, C, H, W)  # the first conv's input map, filled as drawn
@@ -84,11 +61,9 @@ def cached_steps(model: nn.Module, pixels: Tensor, rows: int) -> Iterator[Step]:
                 skip_sum = skipped if skip_sum is None else skip_sum + skipped
         return skip_sum if cfg.skip else x
 
-    def logits(x: Tensor, c: int) -> Tensor:
-        """Head input (n, 2h) -> colour c's logits (n, levels) (output channels of colour c)."""
-        hidden = model.head_hidden.at(F.relu(x))
-        colour = slice(c * cfg.levels, (c + 1) * cfg.levels)
-        return model.head_output.at(F.relu(hidden), outputs=colour)
+    def logits(x: Tensor, c: int) -> Tensor:  # head input (n, 2h) -> colour c's (n, levels)
+        hidden = F.relu(model.head_hidden.at(F.relu(x)))
+        return model.head_output.at(hidden, outputs=slice(c * cfg.levels, (c + 1) * cfg.levels))
 
     for i in range(H):
         for j in range(W):
@@ -105,8 +80,7 @@ def cached_steps(model: nn.Module, pixels: Tensor, rows: int) -> Iterator[Step]:
 
 @contextmanager
 def sampling_mode(model: nn.Module) -> Iterator[None]:
-    """Within: eval mode, and every module with a `freeze` method (masked convolutions,
-    state-to-state weights) computes its effective weight once instead of at every position."""
+    """Eval mode, and every module with a `freeze` method computes its effective weight once."""
     was_training, modules = model.training, [m for m in model.modules() if hasattr(m, "freeze")]
     model.eval()
     try:
@@ -127,11 +101,11 @@ def sample(
     width: int,
     generator: torch.Generator | None = None,
     temperature: float = 1.0,
-    progress: Progress | None = None,
+    progress: Callable[[int, int], None] | None = None,
     prefix: Tensor | None = None,
     rows: int = 0,
     method: str = "cached",
-    logits_hook: LogitsHook | None = None,
+    logits_hook: Callable[[int, int, int, Tensor], None] | None = None,
     seed: int | None = None,
 ) -> Tensor:
     """Draw images from a `PixelRNN`.
@@ -157,9 +131,9 @@ def sample(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     device = next(model.parameters()).device
+    if seed is not None and generator is not None:
+        raise ValueError("pass either generator or seed, not both")
     if seed is not None:
-        if generator is not None:
-            raise ValueError("pass either generator or seed, not both")
         generator = torch.Generator(device=device).manual_seed(seed)
     cfg = model.config
     pixels = torch.zeros(n, cfg.channels, height, width, dtype=torch.long, device=device)

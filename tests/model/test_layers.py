@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from pixelrnn_model.conv_lstm import ConvLSTMScan, lstm_step
-from pixelrnn_model.diagonal_lstm import DiagonalBiLSTM, diagonal_order
+from pixelrnn_model.diagonal_lstm import DiagonalBiLSTM, diagonal_gathers
 
 
 def shift_down(x: torch.Tensor) -> torch.Tensor:
@@ -18,10 +18,13 @@ def shift_down(x: torch.Tensor) -> torch.Tensor:
 
 def test_diagonal_order_visits_the_skewed_columns_in_order():
     # 2x3 image, raster indices [[0 1 2] [3 4 5]]; skewed columns: {0}, {1, 3}, {2, 4}, {5}.
-    order, raster, counts = diagonal_order(2, 3, torch.device("cpu"))
-    assert order.tolist() == [0, 1, 3, 2, 4, 5]
+    into_scan, raster, from_right, counts = diagonal_gathers(2, 3, torch.device("cpu"))
+    assert into_scan[0].tolist() == [0, 1, 3, 2, 4, 5]
+    assert into_scan[1].tolist() == [2, 1, 5, 0, 4, 3]  # the mirrored image's diagonals
     assert counts == (1, 2, 2, 1)
-    assert torch.equal(order[raster], torch.arange(6))
+    assert torch.equal(into_scan[0][raster], torch.arange(6))
+    # (r, j) reads the right-to-left state of (r-1, j); row 0 reads the zero row 6.
+    assert from_right.tolist() == [6, 6, 6, 3, 1, 0]
 
 
 def test_shift_down_moves_rows_and_zeroes_the_first():

@@ -146,3 +146,39 @@ def test_second_derivatives_are_right_or_refused(layer):
     else:
         with pytest.raises(RuntimeError, match="differentiable once"):
             torch.autograd.gradgradcheck(loss, (weight,))
+
+
+CHECKPOINT_FORMAT = {  # h = 6, learned initial state: what published checkpoints hold
+    "row_lstm": {
+        "input_to_state.weight": (24, 12, 1, 3),
+        "input_to_state.bias": (24,),
+        "scan.state_to_state": (1, 24, 6, 3),  # (D, 4h, h, k), a Conv1d weight per direction
+        "scan.initial_hidden": (1, 6),
+        "scan.initial_cell": (1, 6),
+        "output.weight": (12, 6, 1, 1),
+        "output.bias": (12,),
+    },
+    "diagonal_bilstm": {
+        "input_to_state.weight": (48, 12, 1, 1),
+        "input_to_state.bias": (48,),
+        "scan.state_to_state": (2, 24, 6, 2),
+        "scan.initial_hidden": (2, 6),
+        "scan.initial_cell": (2, 6),
+        "output.weight": (12, 6, 1, 1),
+        "output.bias": (12,),
+    },
+}
+
+
+@pytest.mark.parametrize("layer", CHECKPOINT_FORMAT)
+def test_recurrent_layers_keep_the_published_checkpoint_format(layer):
+    # Checkpoints trained before the model-core refactor (issue 19) load unchanged: same keys,
+    # same shapes (the state-to-state weight keeps its Conv1d layout).
+    model = tiny(layer, num_layers=1, learn_initial_state=True)
+    prefix = "layers.0."
+    layer_state = {
+        key.removeprefix(prefix): tuple(value.shape)
+        for key, value in model.state_dict().items()
+        if key.startswith(prefix)
+    }
+    assert layer_state == CHECKPOINT_FORMAT[layer]

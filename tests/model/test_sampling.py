@@ -118,10 +118,13 @@ def test_unknown_method_is_rejected():
         sample(make_model("pixelcnn", "binary"), 1, 2, 2, method="fast")
 
 
-def test_sampling_restores_training_mode():
+def test_sampling_restores_training_mode_and_keeps_no_weights():
     model = make_model("diagonal_bilstm", "binary").train()
     sample(model, 1, 2, 2)
     assert model.training
+    # The weights computed once for the run (masked, state-to-state matrices) are dropped.
+    frozen = [m for m in model.modules() if getattr(m, "frozen", None) is not None]
+    assert frozen == [] and any(hasattr(m, "frozen") for m in model.modules())
 
 
 def test_seed_draws_with_a_generator_on_the_models_device():
