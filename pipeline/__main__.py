@@ -20,6 +20,7 @@ COMMANDS = (
     "pipeline.cli_sample",
     "pipeline.cli_tune",
     "pipeline.cli_compare",
+    "pipeline.cli_verify",
 )
 
 
