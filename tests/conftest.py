@@ -37,6 +37,18 @@ def s3_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def mlflow_server(s3_server, tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 (runs in SQLite, artifacts proxied to the S3 server's
+    bucket `s3://mlflow/artifacts`), as the cluster's head runs it; `.uri` is its tracking URI."""
+    from mlflow_support import MlflowServer
+
+    bucket = s3_server.bucket("mlflow")
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"), f"{bucket}/artifacts")
+    yield server.start(env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def ray_cluster(s3_server):
     """A local Ray cluster (4 logical CPUs) shared by every `ray` test; shut down at the end.
 

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -58,7 +57,7 @@ class S3Server:
             try:
                 urllib.request.urlopen(self.endpoint, timeout=1).close()
                 return self
-            except (urllib.error.URLError, ConnectionError):
+            except OSError:  # refused, reset or timed out: not up yet
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     self.stop()
                     raise RuntimeError(f"moto_server did not start; see {self.log}") from None

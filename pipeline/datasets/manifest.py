@@ -89,6 +89,10 @@ def read_manifest(root: str) -> dict:
     filesystem, base = resolve(root)
     where = f"{root.rstrip('/')}/{MANIFEST_NAME}"
     try:
+        storage.require_bucket(root)
+    except PixelRNNError as error:
+        raise DataError(str(error)) from None
+    try:
         with filesystem.open_input_stream(f"{base}/{MANIFEST_NAME}") as stream:
             manifest = json.loads(stream.read())
     except FileNotFoundError:
