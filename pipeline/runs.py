@@ -92,20 +92,6 @@ def storage_location(cfg: ExperimentConfig) -> str:
     return storage.normalize(cfg.train.storage_path)
 
 
-def storage_root(cfg: ExperimentConfig) -> Path:
-    """`train.storage_path` as an absolute local folder, for callers that need a `Path`.
-
-    Raises:
-        ConfigError: it is a URI (`storage_location` accepts those).
-    """
-    if storage.is_uri(cfg.train.storage_path):
-        raise ConfigError(
-            f"train.storage_path: {cfg.train.storage_path}: this command needs a local or "
-            "mounted folder (pixelrnn train accepts s3:// and gs:// URIs)"
-        )
-    return Path(storage.normalize(cfg.train.storage_path))
-
-
 def new_run_name(cfg: ExperimentConfig) -> str:
     """`train.run_name`, else the experiment name and the start time."""
     if cfg.train.run_name:
