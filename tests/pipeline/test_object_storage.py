@@ -200,6 +200,18 @@ def test_sample_by_run_id_through_the_server_needs_no_storage_credentials(lab, t
     output = lab.run("sample", "--run-id", run.info.run_id, "--tracking-uri", lab.mlflow.uri,
                      "--n", "2", "--out", str(out), env=env, timeout=120)  # fmt: skip
     assert out.is_file(), output
+    read_back = (
+        "import sys; from mlflow.tracking import MlflowClient\n"
+        "client = MlflowClient(sys.argv[1])\n"
+        "names = [a.path for a in client.list_artifacts(sys.argv[2], 'samples')]\n"
+        "print(client.download_artifacts(sys.argv[2], names[-1], sys.argv[3]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", read_back, lab.mlflow.uri, run.info.run_id,
+                           str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    grid = Path(done.stdout.strip().splitlines()[-1])
+    assert grid.name == f"epoch_{EPOCHS:04d}.png" and grid.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_compare_reads_the_runs_through_the_server(lab, tmp_path, capsys):
