@@ -168,7 +168,7 @@ class TuneConfig:
     num_samples: int = 8  # trials drawn from the space
     seed: int = 0  # seed of the random search: the same seed draws the same trials
     metric: str = "val/bits_per_dim"  # what ASHA and the best trial are judged by
-    mode: str = "min"  # or "max"
+    mode: str = "min"  # "min" or "max": whether a lower or a higher metric is better
     grace_period_epochs: int = 1  # ASHA stops no trial before this many epochs
     reduction_factor: int = 2  # each ASHA rung keeps the best 1/reduction_factor of trials
     max_concurrent_trials: int = 0  # 0: as many as the cluster's CPUs (and GPUs) hold

@@ -344,6 +344,24 @@ def find_runs(
     return [_summary(run) for run in found]
 
 
+def latest_experiment(tracking_uri: str) -> str:
+    """The name of the experiment whose run started last (what `compare` shows by default).
+
+    Raises:
+        PixelRNNError: the store has no runs.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiments = {e.experiment_id: e.name for e in client.search_experiments()}
+    latest = client.search_runs(
+        list(experiments), order_by=["attributes.start_time DESC"], max_results=1
+    )
+    if not latest:
+        raise PixelRNNError(f"no MLflow runs in {tracking_uri} to compare")
+    return experiments[latest[0].info.experiment_id]
+
+
 def _get_run(client, run_id: str, tracking_uri: str):
     from mlflow.exceptions import MlflowException
 

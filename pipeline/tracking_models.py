@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import tempfile
-import warnings
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -91,9 +90,7 @@ def log_model(
 
     import pixelrnn_model
 
-    with tempfile.TemporaryDirectory() as tmp, _store(tracking_uri), warnings.catch_warnings():
-        # predict takes one int64 array, which the signature states; no type hints to infer from
-        warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+    with tempfile.TemporaryDirectory() as tmp, _store(tracking_uri):
         weights = export_weights(checkpoint, Path(tmp) / WEIGHTS_FILE)
         channels, height, width = torch.load(weights, weights_only=True)["image_shape"]
         shape = (-1, channels, height, width)
@@ -170,8 +167,8 @@ def download_weights(model_uri: str, tracking_uri: str, destination: str | Path)
 
 
 def _logged_model_uri(model_uri: str, tracking_uri: str) -> str:
-    """`runs:/<run id>/<name>` as `models:/<model id>` (MLflow 3 keeps logged models outside the
-    run's artifacts); other URIs unchanged."""
+    """`runs:/<run id>/<name>` as `models:/<model id>` when the run logged a model of that name
+    (MLflow 3 keeps those outside the run's artifacts); other URIs unchanged."""
     if not model_uri.startswith("runs:/"):
         return model_uri
     from mlflow.tracking import MlflowClient
@@ -181,8 +178,4 @@ def _logged_model_uri(model_uri: str, tracking_uri: str) -> str:
     run = client.get_run(run_id)
     query = f"source_run_id = '{run_id}' AND name = '{name or MODEL_NAME}'"
     found = client.search_logged_models([run.info.experiment_id], filter_string=query)
-    if not found:
-        raise PixelRNNError(
-            f"--model-uri {model_uri}: run {run_id} logged no model {name or MODEL_NAME!r}"
-        )
-    return f"models:/{found[0].model_id}"
+    return f"models:/{found[0].model_id}" if found else model_uri  # else: the run's artifacts
