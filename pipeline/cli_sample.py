@@ -95,9 +95,11 @@ def run(args: argparse.Namespace) -> str:
 
     if args.n < 1 or args.temperature <= 0:
         raise PixelRNNError("--n must be >= 1 and --temperature > 0")
-    trained, _ = load_model(args)
+    trained, tracking_uri = load_model(args)
     if args.complete_from is not None:  # the size comes from the images
-        return completion.run_completion(args, trained, torch.Generator().manual_seed(args.seed))
+        generator = torch.Generator().manual_seed(args.seed)
+        summary, grid = completion.run_completion(args, trained, generator)
+        return summary + _log_back(args, tracking_uri, trained, grid, "cli_completions")
     height, width = _size(args.size, trained)
     generator = torch.Generator().manual_seed(args.seed)
     with tqdm(total=height * width * trained.model.config.channels, unit="sub-pixel") as bar:
@@ -105,4 +107,17 @@ def run(args: argparse.Namespace) -> str:
                         temperature=args.temperature,
                         progress=lambda done, total: bar.update(done - bar.n))  # fmt: skip
     path = save_grid(pixels, trained.model.config.levels, args.out)  # pixels: (n, C, H, W)
-    return f"wrote {args.n} samples of {height}x{width} to {path}"
+    summary = f"wrote {args.n} samples of {height}x{width} to {path}"
+    return summary + _log_back(args, tracking_uri, trained, path, "cli_samples")
+
+
+def _log_back(args, tracking_uri: str, trained: TrainedModel, png: Path, key: str) -> str:
+    """With `--run-id`, the grid also goes to that run as an MLflow image under `key`, at the
+    checkpoint's step (beside the run's own `samples`)."""
+    if not args.run_id:
+        return ""
+    from pipeline.tracking import RunTracker
+
+    step = int(trained.metrics.get("step", 0))
+    RunTracker(tracking_uri, args.run_id).log_image(png, key=key, step=step)
+    return f" (logged to run {args.run_id} as image {key!r})"

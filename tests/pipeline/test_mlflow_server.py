@@ -172,3 +172,17 @@ def test_evaluate_and_sample_accept_a_registered_model_alias(served_run, tmp_pat
     assert main(["evaluate", "--model-uri", "models:/nope@champion", "--tracking-uri", base,
                  "--data", str(dataset)]) == 2  # fmt: skip
     assert "--model-uri models:/nope@champion: not found" in capsys.readouterr().err
+
+
+def test_sample_with_a_run_id_logs_its_grid_to_that_run_as_an_image(served_run, tmp_path, capsys):
+    base, summary, _run, _dataset = served_run
+    source = ["--run-id", summary.mlflow_run_id, "--tracking-uri", base]
+    assert main(["sample", *source, "--n", "2", "--out", str(tmp_path / "g.png")]) == 0
+    assert "as image 'cli_samples'" in capsys.readouterr().out
+    files = call(base, "/api/2.0/mlflow/artifacts/list", run_id=summary.mlflow_run_id,
+                 path="images")["files"]  # fmt: skip
+    (png,) = [f["path"] for f in files if f["path"].startswith("images/cli_samples+step+")
+              and f["path"].endswith(".png")]  # fmt: skip
+    history = call(base, "/api/2.0/mlflow/metrics/get-history", run_id=summary.mlflow_run_id,
+                   metric_key="epoch")["metrics"]  # fmt: skip
+    assert int(png.split("+")[2]) in {int(metric["step"]) for metric in history}  # its checkpoint's
