@@ -22,6 +22,8 @@ COMMANDS = (
     "pipeline.cli_tune",
     "pipeline.cli_compare",
     "pipeline.cli_config",
+    "pipeline.cli_verify",
+    "pipeline.cli_export",
 )
 
 
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("botocore").setLevel(logging.WARNING)  # "Found credentials in ..."
     try:
         output = args.func(args)
     except PixelRNNError as error:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from pipeline.cli_options import load_experiment
 from pipeline.config import load_config
 
 COLUMN = 44  # descriptions start here unless a value is longer
@@ -26,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "defaults.",
         epilog=f"example: {EXAMPLE}",
     )
-    show.add_argument("--config", help="experiment YAML (default: the defaults alone)")
+    show.add_argument(
+        "--config", help="experiment YAML, a local file or a URI (default: the defaults alone)"
+    )
     show.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override one config key, e.g. --set train.epochs=3 (repeatable)",
@@ -42,7 +45,8 @@ def run(args: argparse.Namespace) -> str:
     """The listing as text lines or a markdown table."""
     from pipeline.config_reference import reference
 
-    entries = reference(load_config(args.config, args.overrides))
+    cfg = load_experiment(args.config, args.overrides) if args.config else None
+    entries = reference(cfg or load_config(None, args.overrides))
     if args.format == "markdown":
         rows = ["| key | default | description |", "|---|---|---|"]
         rows += [f"| `{e.key}` | `{_show(e.default)}` | {e.description} |" for e in entries]

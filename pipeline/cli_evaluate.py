@@ -23,7 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--data data/cifar10 --split test",
     )  # fmt: skip
     add_model_source(parser)
-    parser.add_argument("--data", required=True, help="prepared dataset folder")
+    parser.add_argument("--data", required=True, help="prepared dataset: a folder or a URI")
+    parser.add_argument(
+        "--verify", action="store_true", help="check every shard's sha256 before scoring"
+    )
     parser.add_argument(
         "--split", default="", help="split to score (default: the model's data.val_split)"
     )
@@ -41,7 +44,7 @@ def run(args: argparse.Namespace) -> str:
 
     trained, tracking_uri = load_model(args)
     model_cfg = trained.model.config
-    dataset = data.open_prepared(args.data)
+    dataset = data.open_prepared(args.data, verify_checksums=args.verify)
     split = args.split or trained.config.data.val_split
     for key in ("channels", "levels"):
         if getattr(dataset, key) != getattr(model_cfg, key):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import textwrap
 
-from pipeline.config import field_types
+from pipeline import storage
+from pipeline.config import ExperimentConfig, field_types, load_config
+from pipeline.errors import ConfigError
 
 
 def add_experiment_options(
@@ -22,7 +24,11 @@ def add_experiment_options(
     """
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = f"example:\n  {command}\n\n{config_keys_help()}"
-    parser.add_argument("--config", required=True, help="experiment YAML (deltas from defaults)")
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="experiment YAML (deltas from defaults): a local file or a URI (s3://...)",
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -32,6 +38,24 @@ def add_experiment_options(
         help=f"override one config key, e.g. --set {example} (repeatable)",
     )
     parser.add_argument("--resume", action="store_true", help=resume_help)
+    parser.add_argument(
+        "--verify",
+        dest="overrides",
+        action="append_const",
+        const="data.verify=true",
+        help="check every dataset shard's sha256 before starting (same as --set data.verify=true)",
+    )
+
+
+def load_experiment(location: str, overrides: list[str]) -> ExperimentConfig:
+    """The config of `--config` (a local file or a URI) with the `--set` overrides on top."""
+    if not storage.is_uri(location):
+        return load_config(location, overrides)
+    try:
+        text = storage.read_text(location)
+    except FileNotFoundError:
+        raise ConfigError(f"{location}: cannot read config (not found)") from None
+    return load_config(location, overrides, text=text)
 
 
 def config_keys_help() -> str:

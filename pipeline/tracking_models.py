@@ -2,10 +2,10 @@
 only importers of mlflow).
 
 How a model is stored: a pyfunc "models from code" model named `model` in the training run. Its
-files are `artifacts/weights.pt`, a weights-only torch file (model state, config, metrics, image
-shape, step; no optimizer state), `mlflow_pyfunc.py` (this package's file, whose `predict`
-returns bits/dim per image) and the `pixelrnn_model` package as its code path. Nothing in it is
-a pickled Python object.
+files are `artifacts/weights.pt`, the weights-only file of `checkpointing.export_weights` (model
+state, config, metrics, image shape, step, dataset manifest digest; no optimizer state),
+`mlflow_pyfunc.py` (this package's file, whose `predict` returns bits/dim per image) and the
+`pixelrnn_model` package as its code path. Nothing in it is a pickled Python object.
 
 How pixelrnn loads one (`evaluate` / `sample --model-uri`): the model's files are downloaded
 and only `weights.pt` is read, with `torch.load(weights_only=True)`; no code from the run is
@@ -59,19 +59,11 @@ def _store(tracking_uri: str):
         mlflow.set_tracking_uri(previous)  # None unsets it
 
 
-def export_weights(checkpoint: str | Path, destination: str | Path) -> Path:
-    """Write a checkpoint's payload without optimizer and RNG state (a weights-only file)."""
-    payload = checkpointing.load_checkpoint(checkpoint)
-    kept = {key: value for key, value in payload.items() if key not in ("optimizer", "rng")}
-    path = Path(destination)
-    torch.save(kept, path)
-    return path
-
-
 def log_model(
     tracking_uri: str,
     run_id: str,
     checkpoint: str | Path,
+    dataset_digest: str,
     registered_model_name: str = "",
     step: int = 0,
 ) -> LoggedModel:
@@ -79,7 +71,8 @@ def log_model(
 
     Args:
         tracking_uri, run_id: the training run.
-        checkpoint: the checkpoint file to log (its optimizer state is left out).
+        checkpoint: the checkpoint to log (its optimizer and RNG state are left out).
+        dataset_digest: sha256 of the training dataset's manifest, recorded in the weights.
         registered_model_name: also register it as a new version of this model ("": don't).
         step: the optimizer step the checkpoint was taken at.
     """
@@ -91,7 +84,7 @@ def log_model(
     import pixelrnn_model
 
     with tempfile.TemporaryDirectory() as tmp, _store(tracking_uri):
-        weights = export_weights(checkpoint, Path(tmp) / WEIGHTS_FILE)
+        weights = checkpointing.export_weights(checkpoint, Path(tmp) / WEIGHTS_FILE, dataset_digest)
         channels, height, width = torch.load(weights, weights_only=True)["image_shape"]
         shape = (-1, channels, height, width)
         signature = ModelSignature(

@@ -299,7 +299,7 @@ def run_training(
         NonFiniteLossError: the loss diverged; the last good checkpoint is named.
         PixelRNNError: training failed after `scaling.max_failures` restarts.
     """
-    dataset = data.open_prepared(storage.normalize(cfg.data.path))
+    dataset = data.open_prepared(storage.normalize(cfg.data.path), verify_checksums=cfg.data.verify)
     plan = runs.make_plan(cfg, dataset)
     ray_runtime.connect(address=cfg.scaling.ray_address or None)
     record, tracker = _open_run(cfg, resume, dataset, plan)
@@ -327,11 +327,11 @@ def run_training(
     except Exception as error:
         tracker.finish("FAILED", repr(error))
         raise
-    return _finish(cfg, result, record, tracker, sanity.dataset_name(dataset.manifest))
+    return _finish(cfg, result, record, tracker, dataset.manifest)
 
 
 def _finish(
-    cfg: ExperimentConfig, result, record: runs.RunRecord, tracker, dataset_name: str
+    cfg: ExperimentConfig, result, record: runs.RunRecord, tracker, manifest: dict
 ) -> runs.TrainingSummary:
     outcome = result.return_value or {}
     where = record.storage_path  # Ray reports paths inside its filesystem: make them locations
@@ -346,14 +346,14 @@ def _finish(
     metrics = dict(result.metrics or {})
     with best.as_directory() as directory:
         tracker.log_artifact(Path(directory) / CHECKPOINT_FILE, "checkpoint")
-        model_uri = _log_model(cfg, tracker, Path(directory) / CHECKPOINT_FILE, metrics)
+        model_uri = _log_model(cfg, tracker, Path(directory) / CHECKPOINT_FILE, metrics, manifest)
     best_metrics = next(m for c, m in result.best_checkpoints if c.path == best.path)
     tracker.log_metrics({"best/val_bits_per_dim": best_metrics[SCORE_METRIC]}, int(metrics["step"]))
     best_location = storage.location_of(where, best.path)
     tracker.set_tags({"pixelrnn.best_checkpoint": best_location})
     val = {key.removeprefix("val/"): value for key, value in metrics.items()
            if key.startswith("val/")}  # fmt: skip
-    warning = sanity.leak_warning(dataset_name, val) or ""
+    warning = sanity.leak_warning(sanity.dataset_name(manifest), val) or ""
     if warning:
         logger.warning(warning)
         tracker.set_tags({"pixelrnn.sanity": warning})
@@ -363,11 +363,13 @@ def _finish(
                                 best_location, warning, model_uri)  # fmt: skip
 
 
-def _log_model(cfg: ExperimentConfig, tracker, checkpoint: Path, metrics: dict) -> str:
+def _log_model(cfg: ExperimentConfig, tracker, checkpoint: Path, metrics: dict, manifest: dict
+               ) -> str:  # fmt: skip
     """Log the best checkpoint as the run's MLflow model; its URI ("" if that failed: the
     checkpoint artifact is there, and a finished training run is not failed for it)."""
     try:
         logged = tracking_models.log_model(tracker.tracking_uri, tracker.run_id, checkpoint,
+                                           tracking.manifest_sha256(manifest),
                                            cfg.tracking.registered_model_name,
                                            int(metrics.get("step", 0)))  # fmt: skip
     except Exception as error:

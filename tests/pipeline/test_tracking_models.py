@@ -16,6 +16,7 @@ from pipeline.images import save_grid
 from pixelrnn_model import PixelRNN, bits_per_dim
 
 NAME = "pixelrnn-unit"
+DIGEST = "ab" * 32  # the training data's manifest sha256
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def logged(tmp_path_factory):
     save_checkpoint(work, model, optimizer, Progress(1, 5), cfg, {"val/bits_per_dim": 7.9},
                     (3, 4, 5))  # fmt: skip
     tracker = tracking.start_run(cfg, "r", {}, {})
-    logged = tracking_models.log_model(uri, tracker.run_id, work / "checkpoint.pt", NAME, step=5)
+    logged = tracking_models.log_model(uri, tracker.run_id, work / "checkpoint.pt", DIGEST, NAME, 5)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     client.set_registered_model_alias(NAME, "champion", "1")
     return uri, tracker, logged, model, work
@@ -58,6 +59,7 @@ def test_model_uris_lead_to_the_same_weights_only_file(logged, tmp_path, which):
     weights = tracking_models.download_weights(model_uri, uri, tmp_path)
     payload = torch.load(weights, weights_only=True)  # no pickled code can be in it
     assert "optimizer" not in payload and "rng" not in payload
+    assert payload["dataset_digest"] == DIGEST and payload["step"] == 5
     trained = model_from_checkpoint(weights)
     assert trained.image_shape == (3, 4, 5) and trained.metrics == {"val/bits_per_dim": 7.9}
     pixels = torch.randint(0, 256, (2, 3, 4, 5))

@@ -48,3 +48,13 @@ def processes_mentioning(text: str) -> list[int]:
         if text in command:
             found.append(int(entry.name))
     return found
+
+
+def end_processes_under(folder: Path) -> None:
+    """SIGKILL every live process whose command line mentions `folder` (a private Ray temp)."""
+    import contextlib
+    import signal
+
+    for pid in processes_mentioning(str(folder)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
