@@ -56,24 +56,27 @@ def server(tmp_path_factory):
     log = open(work / "server.log", "wb")  # noqa: SIM115 (closed at teardown)
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=work)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
+    try:  # whatever happens, the server this test started is stopped
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2).close()
+                break
+            except OSError:  # refused, reset or timed out (URLError is an OSError too)
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(
+                        f"mlflow server did not start:\n{(work / 'server.log').read_text()}"
+                    )
+                time.sleep(0.5)
+        yield base
+    finally:
+        process.terminate()
         try:
-            urllib.request.urlopen(f"{base}/health", timeout=2).close()
-            break
-        except OSError:  # refused, reset or timed out (URLError is an OSError too)
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"mlflow server did not start:\n{(work / 'server.log').read_text()}")
-            time.sleep(0.5)
-    yield base
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    log.close()
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
 
 
 @pytest.fixture(scope="module")
