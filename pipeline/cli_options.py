@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 
 from pipeline import storage
-from pipeline.config import ExperimentConfig, load_config
+from pipeline.config import ExperimentConfig, field_types, load_config
 from pipeline.errors import ConfigError
 
 
-def add_experiment_options(parser: argparse.ArgumentParser, example: str, resume_help: str) -> None:
-    """`--config FILE`, repeatable `--set KEY=VALUE` (into `args.overrides`) and `--resume`.
+def add_experiment_options(
+    parser: argparse.ArgumentParser, example: str, resume_help: str, command: str
+) -> None:
+    """`--config FILE`, repeatable `--set KEY=VALUE` (into `args.overrides`) and `--resume`;
+    the help ends with an example command and every config key `--set` accepts.
 
     Args:
         parser: the sub-command's parser.
         example: an override shown in `--set`'s help, e.g. "optim.lr=3e-4".
         resume_help: what `--resume` continues, for its help text.
+        command: a whole example command line for the help's epilog.
     """
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = f"example:\n  {command}\n\n{config_keys_help()}"
     parser.add_argument(
         "--config",
         required=True,
@@ -49,3 +56,16 @@ def load_experiment(location: str, overrides: list[str]) -> ExperimentConfig:
     except FileNotFoundError:
         raise ConfigError(f"{location}: cannot read config (not found)") from None
     return load_config(location, overrides, text=text)
+
+
+def config_keys_help() -> str:
+    """Every config key, grouped by section, for a help epilog."""
+    sections: dict[str, list[str]] = {}
+    for key in field_types():
+        section, _, name = key.rpartition(".")
+        sections.setdefault(section or "(top level)", []).append(name)
+    lines = ["config keys for --set (values and descriptions: pixelrnn config show):"]
+    for section, names in sections.items():
+        lines += textwrap.wrap(", ".join(names), 96, initial_indent=f"  {section}: ",
+                               subsequent_indent="    ")  # fmt: skip
+    return "\n".join(lines)

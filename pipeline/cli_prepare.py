@@ -22,11 +22,23 @@ SOURCES = {
     "folder": "any folder of PNG/JPEG images (sub-folders = classes), centre-cropped and resized",
     "builtin": "random crops of the photographs shipped with scikit-image (no download)",
 }
+EXAMPLES = {  # where to download each: docs/datasets.md
+    "cifar10": "--input cifar-10-batches-bin --output data/cifar10 --split val=data_batch_5.bin",
+    "imagenet32": "--input Imagenet32_train_npz --output data/imagenet32 --val-fraction 0.01",
+    "imagenet64": "--input Imagenet64_train_npz --output data/imagenet64 --val-fraction 0.01",
+    "binarized_mnist": "--input binarized_mnist_train_valid.npz --output data/mnist",
+    "folder": "--input my_photos --output data/my_photos --size 32 --val-fraction 0.05",
+    "builtin": "--output data/builtin-32",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `prepare` and one sub-command per source."""
-    parser = subparsers.add_parser("prepare", help=__doc__.splitlines()[0].split(": ", 1)[1])
+    parser = subparsers.add_parser(
+        "prepare", help=__doc__.splitlines()[0].split(": ", 1)[1],
+        epilog=f"example: pixelrnn prepare cifar10 {EXAMPLES['cifar10']} (download URLs and "
+        "sizes: docs/datasets.md)",
+    )  # fmt: skip
     sources = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -58,6 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             parents=[common] if name == "builtin" else [common, files],
             help=description,
             description=description,
+            epilog=f"example: pixelrnn prepare {name} {EXAMPLES[name]}",
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
         if name in ("folder", "builtin"):

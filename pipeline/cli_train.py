@@ -19,6 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "optim.lr=3e-4",
         "continue the run named by train.run_name (default: this experiment's latest run) "
         "from its last checkpoint, in the same MLflow run",
+        "pixelrnn train --config experiments/cifar10_row_lstm.yaml --set train.epochs=20",
     )
     parser.set_defaults(func=run)
 
@@ -37,6 +38,8 @@ def run(args: argparse.Namespace) -> str:
         f"best checkpoint: {summary.best_checkpoint}",
         f"MLflow run {summary.mlflow_run_id} in {summary.tracking_uri}",
     ]
+    if summary.model_uri:
+        lines.append(f"MLflow model: {summary.model_uri} (pixelrnn evaluate --model-uri ...)")
     if summary.tracking_uri.startswith("sqlite:"):
         lines.append(f"view it with: mlflow ui --backend-store-uri {summary.tracking_uri}")
     if metrics.get("time/train_minutes") is not None:

@@ -22,6 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "tune.grace_period_epochs=2",
         "continue the sweep named by tune.sweep_name (default: this experiment's latest) "
         "without rerunning finished trials",
+        "pixelrnn tune --config experiments/demo.yaml --space row_lstm --num-samples 8",
     )
     parser.add_argument(
         "--space",

@@ -41,8 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_completion(
     args: argparse.Namespace, trained: TrainedModel, generator: torch.Generator
-) -> str:
-    """Complete `args.n` images of `args.complete_from` and write the three grids."""
+) -> tuple[str, Path]:
+    """Complete `args.n` images of `args.complete_from` and write the three grids.
+
+    Returns:
+        A one-line summary, and the completions grid's path.
+    """
     from tqdm import tqdm
 
     from pipeline.images import save_grid  # torchvision: only when writing
@@ -72,7 +76,8 @@ def run_completion(
             ("completions", completions),
         )
     ]
-    return f"completed {count} images below row {args.rows}: " + ", ".join(map(str, paths))
+    summary = f"completed {count} images below row {args.rows}: " + ", ".join(map(str, paths))
+    return summary, paths[-1]
 
 
 def load_images(root: str | Path, count: int, cfg: ExperimentConfig, split: str = "") -> Tensor:

@@ -41,8 +41,8 @@ class DataConfig:
     """Where the prepared dataset lives and what the model sees of it."""
 
     path: str = "data/builtin-32"  # a folder written by `pixelrnn prepare`
-    train_split: str = "train"
-    val_split: str = "val"
+    train_split: str = "train"  # split the model is trained on
+    val_split: str = "val"  # split validated on each epoch (and `evaluate`'s default split)
     crop_size: int = 0  # centre-crop images to crop_size x crop_size (0: full images)
     # At start, check every shard's sha256 too (reads the whole dataset once); by default only
     # that each shard is there with its recorded size (`pixelrnn verify` runs the full check)
@@ -56,20 +56,20 @@ class DataConfig:
 class OptimConfig:
     """Optimizer (RMSProp is the paper's choice, section 5.2), schedule and clipping."""
 
-    optimizer: str = "rmsprop"  # or "adam"
+    optimizer: str = "rmsprop"  # "rmsprop" (the paper's) or "adam"
     lr: float = 1e-3  # peak learning rate, reached at the end of warm-up
-    momentum: float = 0.0  # RMSProp
+    momentum: float = 0.0  # RMSProp's momentum
     rmsprop_alpha: float = 0.95  # RMSProp's squared-gradient decay
-    beta1: float = 0.9  # Adam
-    beta2: float = 0.999  # Adam
-    eps: float = 1e-8
-    weight_decay: float = 0.0
+    beta1: float = 0.9  # Adam's first-moment decay
+    beta2: float = 0.999  # Adam's second-moment decay
+    eps: float = 1e-8  # added to the denominator of RMSProp and Adam
+    weight_decay: float = 0.0  # L2 penalty added to the gradients
     warmup_steps: int = 0  # linear warm-up from 0 to lr over this many optimizer steps
     # "constant", "cosine" (to lr * min_lr_ratio at the last step) or "exponential"
     # (times decay_rate per epoch)
     schedule: str = "cosine"
-    min_lr_ratio: float = 0.0
-    decay_rate: float = 0.5
+    min_lr_ratio: float = 0.0  # the cosine schedule (and annealing) ends at lr * min_lr_ratio
+    decay_rate: float = 0.5  # the exponential schedule multiplies lr by this each epoch
     # With train.max_minutes: over the budget's last anneal_minutes the learning rate is also
     # multiplied by a cosine from 1 down to min_lr_ratio, by wall-clock time (a time budget has
     # no known last step). With schedule "constant" this is warmup-stable-decay; a run resumed
@@ -95,7 +95,7 @@ class OptimConfig:
 class TrainConfig:
     """The training loop and where its checkpoints go."""
 
-    epochs: int = 10
+    epochs: int = 10  # passes over the training split
     batch_size_per_worker: int = 16  # images per optimizer step on each worker
     max_steps_per_epoch: int = 0  # cut epochs short (0: the whole split)
     max_val_batches: int = 0  # batches per worker per validation (0: the whole split)
@@ -130,9 +130,9 @@ class TrainConfig:
 class ScalingConfig:
     """Ray Train workers (DDP ranks) and failure handling."""
 
-    num_workers: int = 2
+    num_workers: int = 2  # Ray Train workers, one DDP rank each
     use_gpu: bool = False  # one GPU per worker and NCCL; otherwise CPU and gloo
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = 1.0  # logical CPUs Ray reserves for each worker
     max_failures: int = 1  # worker-group restarts from the last checkpoint (-1: forever)
     ray_address: str = ""  # cluster to attach to ("": RAY_ADDRESS if set, else a local one)
 
@@ -146,14 +146,16 @@ class ScalingConfig:
 class TrackingConfig:
     """MLflow tracking and sample grids."""
 
-    tracking_uri: str = ""  # "": MLFLOW_TRACKING_URI if set, else ./mlflow.db
+    tracking_uri: str = ""  # MLflow store ("": MLFLOW_TRACKING_URI if set, else ./mlflow.db)
     # Artifact root of experiments this run creates (s3://..., a folder); "": next to a SQLite
     # store, else the tracking server's default. An existing experiment keeps its own.
     artifact_location: str = ""
-    experiment_name: str = "pixelrnn"  # also the prefix of generated run names
+    experiment_name: str = "pixelrnn"  # MLflow experiment; also the prefix of generated run names
     sample_every_epochs: int = 0  # sample grid every N epochs (0: after the last epoch only)
     num_samples: int = 16  # images per sample grid (0: no sample grids)
-    sample_temperature: float = 1.0
+    sample_temperature: float = 1.0  # softmax temperature of those samples (1: the model's own)
+    system_metrics: bool = True  # log CPU, memory, disk and GPU use of the driver's node
+    registered_model_name: str = ""  # also register the best model under this name ("": don't)
 
     def __post_init__(self) -> None:
         _require(bool(self.experiment_name), "tracking.experiment_name", "must not be empty")
@@ -169,7 +171,7 @@ class TuneConfig:
     num_samples: int = 8  # trials drawn from the space
     seed: int = 0  # seed of the random search: the same seed draws the same trials
     metric: str = "val/bits_per_dim"  # what ASHA and the best trial are judged by
-    mode: str = "min"  # or "max"
+    mode: str = "min"  # "min" or "max": whether a lower or a higher metric is better
     grace_period_epochs: int = 1  # ASHA stops no trial before this many epochs
     reduction_factor: int = 2  # each ASHA rung keeps the best 1/reduction_factor of trials
     max_concurrent_trials: int = 0  # 0: as many as the cluster's CPUs (and GPUs) hold
@@ -190,7 +192,7 @@ class TuneConfig:
 class ExperimentConfig:
     """Everything one training run needs; `preset` names the model size it starts from."""
 
-    preset: str = ""
+    preset: str = ""  # model size to start from, a name in pixelrnn_model.PRESETS ("": none)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

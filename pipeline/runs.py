@@ -54,6 +54,7 @@ class TrainingSummary:
     metrics: dict[str, Any]
     best_checkpoint: str
     warning: str = ""  # a sanity check's verdict on the final metrics (see pipeline.sanity)
+    model_uri: str = ""  # the logged MLflow model: models:/<name>/<version> or models:/<id>
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,8 @@ def start_new_run(cfg: ExperimentConfig, dataset: PreparedDataset, plan: RunPlan
                "train_images": dataset.count(cfg.data.train_split)}  # fmt: skip
     tracker = tracking.start_run(cfg, name, tags, derived)
     tracker.log_dict(dataset.manifest, "dataset/manifest.json")
+    tracker.log_dataset(dataset.manifest, dataset.root, cfg.data.train_split, "training")
+    tracker.log_dataset(dataset.manifest, dataset.root, cfg.data.val_split, "validation")
     record = RunRecord(name, root, tracker.tracking_uri, tracker.run_id, cfg.to_dict())
     record.save()
     return record, tracker

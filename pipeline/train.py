@@ -19,7 +19,7 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, UserCallback
 from ray.train import ScalingConfig as RayScalingConfig
 
-from pipeline import data, ray_runtime, runs, sanity, storage, tracking
+from pipeline import data, ray_runtime, runs, sanity, storage, tracking, tracking_models
 from pipeline.checkpointing import (
     CHECKPOINT_FILE,
     SAMPLES_FILE,
@@ -203,12 +203,16 @@ class MlflowReportCallback(UserCallback):
             self.tracker.log_metrics(report, step=int(report["step"]))
             if checkpoint is not None:
                 with checkpoint.as_directory() as directory:
-                    self._log_samples(Path(directory) / SAMPLES_FILE, int(report["epoch"]))
+                    png = Path(directory) / SAMPLES_FILE
+                    self._log_samples(png, int(report["epoch"]), int(report["step"]))
         except Exception:  # tracking must never stop training
             logger.exception("MLflow logging failed; training continues")
 
-    def _log_samples(self, png: Path, epoch: int) -> None:
+    def _log_samples(self, png: Path, epoch: int, step: int) -> None:
+        """The grid as an MLflow image at this step (a panel with a step slider) and as
+        `samples/epoch_NNNN.png`."""
         if png.is_file():
+            self.tracker.log_image(png, key="samples", step=step)
             with tempfile.TemporaryDirectory() as tmp:
                 named = Path(tmp) / f"epoch_{epoch:04d}.png"
                 named.write_bytes(png.read_bytes())
@@ -308,7 +312,8 @@ def run_training(
             "train": data.read_split(dataset, train_split, shuffle=True, seed=cfg.train.seed),
             "val": data.read_split(dataset, val_split),
         }
-        result = build_trainer(cfg, plan, record, tracker, datasets, callbacks).fit()
+        with tracking.SystemMetrics(tracker, cfg.tracking.system_metrics, resumed=resume):
+            result = build_trainer(cfg, plan, record, tracker, datasets, callbacks).fit()
     except ray.train.TrainingFailedError as error:
         tracker.finish("FAILED", str(error))
         first_line = (str(error).strip() or repr(error)).splitlines()[0]
@@ -322,11 +327,11 @@ def run_training(
     except Exception as error:
         tracker.finish("FAILED", repr(error))
         raise
-    return _finish(cfg, result, record, tracker, sanity.dataset_name(dataset.manifest))
+    return _finish(cfg, result, record, tracker, dataset.manifest)
 
 
 def _finish(
-    cfg: ExperimentConfig, result, record: runs.RunRecord, tracker, dataset_name: str
+    cfg: ExperimentConfig, result, record: runs.RunRecord, tracker, manifest: dict
 ) -> runs.TrainingSummary:
     outcome = result.return_value or {}
     where = record.storage_path  # Ray reports paths inside its filesystem: make them locations
@@ -338,20 +343,37 @@ def _finish(
         tracker.finish("FAILED", message)
         raise NonFiniteLossError(message)
     best = result.get_best_checkpoint(SCORE_METRIC, "min")
+    metrics = dict(result.metrics or {})
     with best.as_directory() as directory:
         tracker.log_artifact(Path(directory) / CHECKPOINT_FILE, "checkpoint")
-    metrics = dict(result.metrics or {})
+        model_uri = _log_model(cfg, tracker, Path(directory) / CHECKPOINT_FILE, metrics, manifest)
     best_metrics = next(m for c, m in result.best_checkpoints if c.path == best.path)
     tracker.log_metrics({"best/val_bits_per_dim": best_metrics[SCORE_METRIC]}, int(metrics["step"]))
     best_location = storage.location_of(where, best.path)
     tracker.set_tags({"pixelrnn.best_checkpoint": best_location})
     val = {key.removeprefix("val/"): value for key, value in metrics.items()
            if key.startswith("val/")}  # fmt: skip
-    warning = sanity.leak_warning(dataset_name, val) or ""
+    warning = sanity.leak_warning(sanity.dataset_name(manifest), val) or ""
     if warning:
         logger.warning(warning)
         tracker.set_tags({"pixelrnn.sanity": warning})
     tracker.finish("FINISHED")
     return runs.TrainingSummary(record.name, record.directory, tracker.tracking_uri,
                                 tracker.run_id, int(metrics["epoch"]), metrics,
-                                best_location, warning)  # fmt: skip
+                                best_location, warning, model_uri)  # fmt: skip
+
+
+def _log_model(cfg: ExperimentConfig, tracker, checkpoint: Path, metrics: dict, manifest: dict
+               ) -> str:  # fmt: skip
+    """Log the best checkpoint as the run's MLflow model; its URI ("" if that failed: the
+    checkpoint artifact is there, and a finished training run is not failed for it)."""
+    try:
+        logged = tracking_models.log_model(tracker.tracking_uri, tracker.run_id, checkpoint,
+                                           tracking.manifest_sha256(manifest),
+                                           cfg.tracking.registered_model_name,
+                                           int(metrics.get("step", 0)))  # fmt: skip
+    except Exception as error:
+        logger.exception("logging the MLflow model failed")
+        tracker.set_tags({"pixelrnn.model_error": repr(error)[:5000]})
+        return ""
+    return logged.registered or logged.model_uri
