@@ -44,6 +44,13 @@ class PreparedDataset:
     levels: int
     splits: tuple[str, ...]
 
+    @classmethod
+    def from_manifest(cls, root: str, manifest: dict) -> PreparedDataset:
+        """The dataset at `root` described by its (already verified) `manifest`."""
+        height, width, channels = manifest["shape"]
+        return cls(root=root, manifest=manifest, height=height, width=width, channels=channels,
+                   levels=manifest["levels"], splits=tuple(manifest["splits"]))  # fmt: skip
+
     def count(self, split: str) -> int:
         """Number of images in `split`."""
         return self._split(split)["count"]
@@ -79,16 +86,7 @@ def open_prepared(root: str, *, verify_checksums: bool = True) -> PreparedDatase
     """
     manifest = read_manifest(root)
     verify_shards(root, manifest, checksums=verify_checksums)
-    height, width, channels = manifest["shape"]
-    return PreparedDataset(
-        root=root,
-        manifest=manifest,
-        height=height,
-        width=width,
-        channels=channels,
-        levels=manifest["levels"],
-        splits=tuple(manifest["splits"]),
-    )
+    return PreparedDataset.from_manifest(root, manifest)
 
 
 def decode_pixels(

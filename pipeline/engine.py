@@ -282,6 +282,33 @@ class TrainMeter:
         }
 
 
+class CheckpointTimer:
+    """Says when a mid-epoch checkpoint is due, the same on every DDP rank.
+
+    Every `minutes` of wall clock (0: never). Each rank reads its own clock and `due()`
+    all-reduces the verdict, so all ranks checkpoint (and report) after the same step.
+    """
+
+    def __init__(self, minutes: float, device: torch.device):
+        self.interval_s = minutes * 60.0
+        self.device = device
+        self.restart()
+
+    def restart(self) -> None:
+        """Count the interval from now (after any checkpoint)."""
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        """Whether the interval has passed on any rank (collective: call it on every rank)."""
+        if not self.interval_s:
+            return False
+        late = float(time.monotonic() - self.last >= self.interval_s)
+        if not all_reduce_sum(torch.tensor([late], dtype=torch.float64, device=self.device)):
+            return False
+        self.restart()
+        return True
+
+
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -295,32 +322,40 @@ def train_epoch(
     bf16: bool = False,
     log_progress: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    start_batch: int = 0,
+    on_checkpoint: Callable[[int, int], None] | None = None,
+    checkpoint_due: Callable[[], bool] | None = None,
 ) -> tuple[int, dict[str, float]]:
     """Train over `batches` once, setting the scheduled learning rate before every step.
 
     Args:
         model, optimizer, cfg, bf16: as for `train_step`.
-        batches: int64 (B, C, H, W) pixel batches.
+        batches: int64 (B, C, H, W) pixel batches: the epoch's batches from `start_batch` on.
         schedule: optimizer step -> learning rate.
-        start_step: optimizer steps taken before this epoch.
-        max_steps: stop after this many steps (0: all batches).
+        start_step: optimizer steps taken before the first of `batches`.
+        max_steps: end the epoch at this many batches, those before `start_batch` included
+            (0: all batches).
         report_every: call `on_report(step, metrics)` every this many steps (0: never).
         log_progress: log a running loss every `PROGRESS_EVERY_S` seconds.
         should_stop: asked before every step but the first; True ends the epoch there (a spent
             time budget).
+        start_batch: batches of this epoch trained before (a run resumed mid-epoch).
+        on_checkpoint: called as `on_checkpoint(step, batches done in the epoch)` after a step
+            for which `checkpoint_due()` (asked after every step but the epoch's last) is True.
 
     Returns:
-        (optimizer steps taken in total, the epoch's metrics over all ranks).
+        (optimizer steps taken in total, the metrics of this call's steps over all ranks).
     """
     device = next(model.parameters()).device
     epoch_meter, interval_meter = TrainMeter(), TrainMeter()
     step, lr, last_log = start_step, schedule(start_step), time.perf_counter()
-    for index, pixels in enumerate(batches):
-        if max_steps and index >= max_steps:
+    for position, pixels in enumerate(batches, start=start_batch):
+        first = position == start_batch
+        if max_steps and position >= max_steps:
             break
-        if index and should_stop is not None and should_stop():  # every epoch takes a step
+        if not first and should_stop is not None and should_stop():  # every epoch takes a step
             break
-        if index == 0:  # throughput counts from the first batch, not the pipeline's start-up
+        if first:  # throughput counts from the first batch, not the pipeline's start-up
             epoch_meter, interval_meter = TrainMeter(), TrainMeter()
         lr = schedule(step)
         set_learning_rate(optimizer, lr)
@@ -331,6 +366,9 @@ def train_epoch(
         if report_every and on_report is not None and interval_meter.steps == report_every:
             on_report(step, interval_meter.summary(lr, device))
             interval_meter = TrainMeter()
+        last = bool(max_steps) and position + 1 >= max_steps
+        if on_checkpoint and checkpoint_due and not last and checkpoint_due():
+            on_checkpoint(step, position + 1)
         if log_progress and time.perf_counter() - last_log > PROGRESS_EVERY_S:
             last_log = time.perf_counter()
             logger.info("step %d: %.4f bits/dim (epoch so far)", step, epoch_meter.bits_per_dim)

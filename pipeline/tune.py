@@ -24,6 +24,7 @@ from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.sample import Categorical, Domain, Float, Integer
 
 from pipeline import data, ray_runtime, runs, sweeps, tracking, train
+from pipeline.checkpointing import BATCHES_KEY
 from pipeline.config import ExperimentConfig, coerce
 from pipeline.errors import ConfigError, PixelRNNError
 
@@ -107,7 +108,16 @@ def run_trial(params: dict[str, Any], sweep: dict[str, Any]) -> None:
         return
     tags = {"mlflow.parentRunId": record.parent_run_id, "pixelrnn.sweep": record.name,
             "pixelrnn.trial_id": trial_id, "pixelrnn.space": record.space}  # fmt: skip
-    train.run_training(cfg, resume=started, callbacks=[TuneReportCallback()], tags=tags)
+    train.run_training(cfg, resume=started, callbacks=[MeasuredReportCallback()], tags=tags)
+
+
+class MeasuredReportCallback(TuneReportCallback):
+    """Forwards Train's reports to Tune, except those of mid-epoch checkpoints: they carry no
+    `tune.metric` (Tune refuses such results) and nothing for ASHA to judge."""
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        if BATCHES_KEY not in metrics[0]:
+            super().after_report(run_context, metrics, checkpoint)
 
 
 def _report_if_finished(run: runs.RunRecord) -> bool:
