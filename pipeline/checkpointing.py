@@ -37,7 +37,8 @@ class Progress:
     """Where training stands: `epoch` epochs and `step` optimizer steps are complete.
 
     `batches_in_epoch` batches of the next epoch (0-based index `epoch`) are done too, in the
-    data order of `world_size` ranks (a mid-epoch checkpoint; 0 at epoch ends). `seconds` is
+    data order of `world_size` ranks (a mid-epoch checkpoint; 0 at epoch ends), and `meters`
+    holds the training metrics' sums so far in that epoch. `seconds` is
     the wall-clock time the training loop has spent so far, over all restarts and resumes (what
     `train.max_minutes` counts); `budget_spent` says that budget ended training.
     """
@@ -48,6 +49,7 @@ class Progress:
     budget_spent: bool = False
     batches_in_epoch: int = 0
     world_size: int = 0
+    meters: tuple[float, ...] = ()  # with batches_in_epoch: the loop's `TrainMeter` totals
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -101,6 +103,7 @@ def save_checkpoint(
         "budget_spent": progress.budget_spent,
         "batches_in_epoch": progress.batches_in_epoch,
         "world_size": progress.world_size,
+        "meters": list(progress.meters),
         "config": config.to_dict(),
         "metrics": dict(metrics or {}),
         "image_shape": list(image_shape),
@@ -160,6 +163,7 @@ def restore(
         budget_spent=bool(payload.get("budget_spent", False)),
         batches_in_epoch=int(payload.get("batches_in_epoch", 0)),
         world_size=int(payload.get("world_size", 0)),
+        meters=tuple(float(value) for value in payload.get("meters", ())),
     )
 
 

@@ -27,7 +27,7 @@ RECORD_FILE = "pixelrnn_run.json"
 # other hardware, another place to look at it.
 RESUMABLE_CHANGES = (
     "train.epochs", "train.max_minutes", "optim.anneal_minutes", "scaling.",
-    "tracking.sample_every_epochs",
+    "tracking.sample_every_epochs", "train.checkpoint_every_minutes",
 )  # fmt: skip
 
 
@@ -156,8 +156,8 @@ def _check_same_experiment(before: ExperimentConfig, after: ExperimentConfig) ->
     if changed:
         raise ConfigError(
             f"--resume: config differs from the run being resumed in {', '.join(changed)}; "
-            "only train.epochs, train.max_minutes, optim.anneal_minutes, scaling.* and "
-            "tracking.sample_every_epochs may change"
+            "only train.epochs, train.max_minutes, optim.anneal_minutes, scaling.*, "
+            "tracking.sample_every_epochs and train.checkpoint_every_minutes may change"
         )
 
 

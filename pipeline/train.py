@@ -126,7 +126,7 @@ def train_loop_per_worker(config: dict) -> dict:
         validate = _validator(cfg, model, dataset, val_order, bf16)
         worker = _Worker(cfg, plan, model, optimizer, rank, world, budget, timer)
         try:
-            step, train_metrics = worker.train(batches, epoch, progress.step, skip, validate, bf16)
+            step, train_metrics = worker.train(batches, epoch, progress, validate, bf16)
         except NonFiniteLossError as error:
             return {"status": "non_finite", "message": str(error), "epoch": epoch}
         metrics = {**train_metrics, **validate(), "epoch": epoch + 1, "step": step}
@@ -176,8 +176,14 @@ class _Worker:
     budget: TimeBudget
     timer: CheckpointTimer
 
-    def train(self, batches, epoch: int, start_step: int, skip: int, validate, bf16: bool):
-        """Train `epoch` from its batch `skip` on; (steps in total, the epoch's metrics)."""
+    def train(self, batches, epoch: int, progress: Progress, validate, bf16: bool):
+        """Train `epoch` from `progress` on; (steps in total, the epoch's metrics).
+
+        A mid-epoch `progress` (this epoch's) starts at its batch, with its metric sums (on
+        rank 0 only: they are over all ranks already).
+        """
+        skip = progress.batches_in_epoch if progress.epoch == epoch else 0
+        meters = progress.meters if skip and self.rank == 0 else ()
         cfg, budget = self.cfg, self.budget
         total_steps = self.plan.steps_per_epoch * cfg.train.epochs
 
@@ -186,9 +192,10 @@ class _Worker:
                        "time/train_minutes": budget.seconds() / 60.0}  # fmt: skip
             ray.train.report(metrics)  # [ray 5] no checkpoint
 
-        def checkpoint_mid_epoch(step: int, batches_done: int) -> None:
+        def checkpoint_mid_epoch(step: int, batches_done: int, meters: tuple) -> None:
             progress = Progress(epoch=epoch, step=step, seconds=budget.seconds(),
-                                batches_in_epoch=batches_done, world_size=self.world)  # fmt: skip
+                                batches_in_epoch=batches_done, world_size=self.world,
+                                meters=meters)  # fmt: skip
             metrics = {"step": step, BATCHES_KEY: batches_done, CHECKPOINT_SCORE: MID_EPOCH_SCORE,
                        "time/train_minutes": progress.seconds / 60.0}  # fmt: skip
             self.checkpoint(progress, metrics, samples=False)  # [ray 4, 5]
@@ -199,10 +206,11 @@ class _Worker:
                 learning_rate(step, cfg.optim, total_steps, self.plan.steps_per_epoch)
                 * budget.anneal_factor(cfg.optim.anneal_minutes, cfg.optim.min_lr_ratio)
             ),
-            start_step=start_step, max_steps=self.plan.steps_per_epoch,
+            start_step=progress.step, max_steps=self.plan.steps_per_epoch,
             report_every=cfg.train.report_every_steps, on_report=report_interim,
             bf16=bf16, log_progress=self.rank == 0, should_stop=budget.spent,
-            start_batch=skip, on_checkpoint=checkpoint_mid_epoch, checkpoint_due=self.timer.due,
+            start_batch=skip, meters=meters, on_checkpoint=checkpoint_mid_epoch,
+            checkpoint_due=self.timer.due,
         )  # fmt: skip
 
     def checkpoint(self, progress: Progress, metrics: dict, samples: bool) -> None:

@@ -42,16 +42,17 @@ def test_resuming_at_the_checkpointed_batch_gives_identical_parameters(tmp_path)
     cfg, data = config(), batches()
     model, optimizer = fresh(cfg)
     run(cfg, model, optimizer, data)
-    run(cfg, model, optimizer, data, start_step=STEPS_PER_EPOCH)  # a second epoch
+    _, expected = run(cfg, model, optimizer, data, start_step=STEPS_PER_EPOCH)  # a second epoch
     uninterrupted = {k: v.clone() for k, v in model.state_dict().items()}
 
     model, optimizer = fresh(cfg)
     run(cfg, model, optimizer, data)
     saved: list[tuple[int, int]] = []
 
-    def checkpoint(step: int, batches_done: int) -> None:
+    def checkpoint(step: int, batches_done: int, meters: tuple) -> None:
         if not saved:  # the first one only: later ones would overwrite it
-            progress = Progress(epoch=1, step=step, batches_in_epoch=batches_done, world_size=1)
+            progress = Progress(epoch=1, step=step, batches_in_epoch=batches_done, world_size=1,
+                                meters=meters)  # fmt: skip
             save_checkpoint(tmp_path, model, optimizer, progress, cfg)
             saved.append((step, batches_done))
 
@@ -70,11 +71,14 @@ def test_resuming_at_the_checkpointed_batch_gives_identical_parameters(tmp_path)
     model, optimizer = fresh(cfg)  # a new process: nothing but the checkpoint survives
     progress = restore(tmp_path, model, optimizer)
     assert (progress.epoch, progress.step, progress.batches_in_epoch) == (1, 8, 2)
-    step, _ = run(cfg, model, optimizer, data[progress.batches_in_epoch :],
-                  start_step=progress.step, start_batch=progress.batches_in_epoch)  # fmt: skip
+    step, metrics = run(cfg, model, optimizer, data[progress.batches_in_epoch :],
+                        start_step=progress.step, start_batch=progress.batches_in_epoch,
+                        meters=progress.meters)  # fmt: skip
     assert step == 2 * STEPS_PER_EPOCH
     for key, value in model.state_dict().items():
         assert torch.equal(value, uninterrupted[key]), key
+    for key in ("train/bits_per_dim", "train/nll_nats", "train/grad_norm", "train/lr"):
+        assert metrics[key] == pytest.approx(expected[key], rel=1e-12), key  # the whole epoch
 
 
 def test_no_mid_epoch_checkpoint_after_the_epochs_last_batch():
@@ -87,7 +91,7 @@ def test_no_mid_epoch_checkpoint_after_the_epochs_last_batch():
         optimizer,
         data,
         start_batch=3,
-        on_checkpoint=lambda step, done: taken.append(done),
+        on_checkpoint=lambda step, done, meters: taken.append(done),
         checkpoint_due=lambda: True,
     )
     assert taken == [4, 5]  # batches 3, 4, 5 trained; none after the last (the epoch end's)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +53,28 @@ def processes_mentioning(text: str) -> list[int]:
         if text in command:
             found.append(int(entry.name))
     return found
+
+
+def latest_checkpoint(run_dir: Path) -> str:
+    """Name of the latest checkpoint Ray Train registered for a run ("" before the first)."""
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):  # not written yet, or caught half-written
+        return ""
+    return (snapshot.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name", "")
+
+
+def wait_for(condition, process: subprocess.Popen, timeout_s: float, what: str) -> None:
+    """Poll `condition` until it holds; fail if `process` exits or `timeout_s` passes first."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert process.poll() is None, f"driver exited early with {process.returncode}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def end_processes_under(folder: Path) -> None:
+    """SIGKILL the processes whose command line names `folder` (a killed driver's Ray)."""
+    for pid in processes_mentioning(str(folder)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
