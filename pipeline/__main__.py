@@ -20,6 +20,7 @@ COMMANDS = (
     "pipeline.cli_sample",
     "pipeline.cli_tune",
     "pipeline.cli_compare",
+    "pipeline.cli_verify",
 )
 
 
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("botocore").setLevel(logging.WARNING)  # "Found credentials in ..."
     try:
         output = args.func(args)
     except PixelRNNError as error:

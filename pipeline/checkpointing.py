@@ -4,10 +4,15 @@ schedule and the data order), time spent, config and RNG state; read back with
 `torch.load(weights_only=True)`, so loading one never runs code. Retention is Ray Train's
 `CheckpointConfig`, built in train.py: the best K epoch-end checkpoints by `CHECKPOINT_SCORE`
 plus the latest of any kind (mid-epoch checkpoints score `MID_EPOCH_SCORE`, below every epoch end).
+
+`export_weights` turns one into a published weights file: the same format without the optimizer
+and RNG state, plus the digest of the dataset it was trained on; every loader here reads both, from
+a local path or a URI (`s3://...`).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from dataclasses import dataclass
@@ -17,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline import storage
 from pipeline.config import ExperimentConfig
 from pipeline.errors import PixelRNNError
 from pixelrnn_model import PixelRNN
@@ -119,20 +125,54 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint file, or the `checkpoint.pt` inside a folder, onto the CPU."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_FILE
-    if not path.is_file():
-        raise PixelRNNError(f"{path}: no checkpoint file here")
+def load_checkpoint(location: str | Path) -> dict[str, Any]:
+    """Read a checkpoint or weights file, or the `checkpoint.pt` inside a folder, onto the CPU.
+
+    Args:
+        location: a local path or a URI (`s3://bucket/run/epoch_0002`, `.../checkpoint.pt`).
+    """
+    location = str(location)
+    if not storage.is_file(location):
+        location = storage.join(location, CHECKPOINT_FILE)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        data = storage.read_bytes(location)
+    except FileNotFoundError:
+        raise PixelRNNError(f"{location}: no checkpoint file here") from None
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated or foreign file: say which one
-        raise PixelRNNError(f"{path}: not a readable checkpoint ({error})") from None
+        message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise PixelRNNError(f"{location}: not a readable checkpoint ({message})") from None
     if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
-        raise PixelRNNError(f"{path}: not a pixelrnn checkpoint (format {FORMAT_VERSION})")
+        raise PixelRNNError(f"{location}: not a pixelrnn checkpoint (format {FORMAT_VERSION})")
     return payload
+
+
+# What a published weights file keeps of a checkpoint (optimizer and RNG state are training-only).
+WEIGHTS_KEYS = ("format_version", "model", "config", "metrics", "image_shape", "epoch", "step")
+
+
+def export_weights(
+    checkpoint: str | Path, destination: Path, dataset_digest: str, **extra: Any
+) -> Path:
+    """Write a checkpoint's model, config, metrics and progress as one weights-only file.
+
+    Args:
+        checkpoint: a checkpoint folder or file (local path or URI).
+        destination: the file to write (atomically).
+        dataset_digest: sha256 of the `manifest.json` of the dataset it was trained on.
+        extra: more facts to record (e.g. the split and value of a reference score).
+
+    Returns:
+        `destination`; `model_from_checkpoint(destination)` rebuilds the model from it.
+    """
+    payload = load_checkpoint(checkpoint)
+    weights = {key: payload[key] for key in WEIGHTS_KEYS if key in payload}
+    weights.update(dataset_digest=dataset_digest, **extra)
+    partial = destination.with_name(f".{destination.name}.partial")
+    torch.save(weights, partial)
+    os.replace(partial, destination)
+    return destination
 
 
 def restore(
@@ -178,7 +218,8 @@ class TrainedModel:
 
 
 def model_from_checkpoint(path: str | Path) -> TrainedModel:
-    """Rebuild the trained model, in eval mode, from a checkpoint alone."""
+    """Rebuild the trained model, in eval mode, from a checkpoint or weights file alone (a local
+    path or a URI)."""
     payload = load_checkpoint(path)
     config = ExperimentConfig.from_dict(payload["config"])
     model = PixelRNN(config.model)

@@ -21,7 +21,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Score every image of a prepared split with a trained PixelRNN.",
     )  # fmt: skip
     add_model_source(parser)
-    parser.add_argument("--data", required=True, help="prepared dataset folder")
+    parser.add_argument("--data", required=True, help="prepared dataset: a folder or a URI")
+    parser.add_argument(
+        "--verify", action="store_true", help="check every shard's sha256 before scoring"
+    )
     parser.add_argument("--split", default="test", help="split to score (default: test)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     parser.set_defaults(func=run)
@@ -37,7 +40,7 @@ def run(args: argparse.Namespace) -> str:
 
     trained, tracking_uri = load_model(args)
     model_cfg = trained.model.config
-    dataset = data.open_prepared(args.data)
+    dataset = data.open_prepared(args.data, verify_checksums=args.verify)
     for key in ("channels", "levels"):
         if getattr(dataset, key) != getattr(model_cfg, key):
             raise ConfigError(f"--data: {key}={getattr(dataset, key)} but the model has "

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline import storage
+from pipeline.config import ExperimentConfig, load_config
+from pipeline.errors import ConfigError
+
 
 def add_experiment_options(parser: argparse.ArgumentParser, example: str, resume_help: str) -> None:
     """`--config FILE`, repeatable `--set KEY=VALUE` (into `args.overrides`) and `--resume`.
@@ -13,7 +17,11 @@ def add_experiment_options(parser: argparse.ArgumentParser, example: str, resume
         example: an override shown in `--set`'s help, e.g. "optim.lr=3e-4".
         resume_help: what `--resume` continues, for its help text.
     """
-    parser.add_argument("--config", required=True, help="experiment YAML (deltas from defaults)")
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="experiment YAML (deltas from defaults): a local file or a URI (s3://...)",
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -23,3 +31,21 @@ def add_experiment_options(parser: argparse.ArgumentParser, example: str, resume
         help=f"override one config key, e.g. --set {example} (repeatable)",
     )
     parser.add_argument("--resume", action="store_true", help=resume_help)
+    parser.add_argument(
+        "--verify",
+        dest="overrides",
+        action="append_const",
+        const="data.verify=true",
+        help="check every dataset shard's sha256 before starting (same as --set data.verify=true)",
+    )
+
+
+def load_experiment(location: str, overrides: list[str]) -> ExperimentConfig:
+    """The config of `--config` (a local file or a URI) with the `--set` overrides on top."""
+    if not storage.is_uri(location):
+        return load_config(location, overrides)
+    try:
+        text = storage.read_text(location)
+    except FileNotFoundError:
+        raise ConfigError(f"{location}: cannot read config (not found)") from None
+    return load_config(location, overrides, text=text)

@@ -96,9 +96,13 @@ def run(args: argparse.Namespace) -> str:
 def _prepare_to_uri(plan: SourcePlan, uri: str, force: bool, settings: dict) -> dict:
     """Prepare into a local scratch folder (under TMPDIR), then upload it to `uri`.
 
-    manifest.json goes up last: readers start from it, so they never see a partial dataset
-    (with `--force`, the old dataset is deleted before the new one is uploaded).
+    manifest.json goes up last, once every uploaded shard's sha256 has been read back and checked:
+    readers start from it, so they never see a partial or corrupted dataset (with `--force`, the
+    old dataset is deleted before the new one is uploaded).
     """
+    from pipeline.data import verify_uploaded
+
+    storage.require_bucket(uri)
     if storage.is_file(storage.join(uri, MANIFEST_NAME)):
         if not force:
             raise DataError(f"{uri}: already holds a prepared dataset; pass --force to replace it")
@@ -107,7 +111,8 @@ def _prepare_to_uri(plan: SourcePlan, uri: str, force: bool, settings: dict) -> 
     with tempfile.TemporaryDirectory(prefix="pixelrnn-prepare-") as scratch:
         local = Path(scratch) / "dataset"
         manifest = prepare(plan, local, **settings)
-        storage.upload_folder(local, uri, last=MANIFEST_NAME, replace=force)
+        storage.upload_folder(local, uri, last=MANIFEST_NAME, replace=force,
+                              check=lambda: verify_uploaded(uri, manifest))  # fmt: skip
     return manifest
 
 

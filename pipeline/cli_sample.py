@@ -15,7 +15,10 @@ from pipeline.errors import PixelRNNError
 def add_model_source(parser: argparse.ArgumentParser) -> None:
     """`--checkpoint PATH` or `--run-id ID` (+ `--tracking-uri`): which trained model to use."""
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", type=Path, help="checkpoint folder or checkpoint.pt")
+    source.add_argument(
+        "--checkpoint",
+        help="checkpoint folder, checkpoint.pt or weights file; a local path or a URI (s3://...)",
+    )
     source.add_argument("--run-id", help="MLflow run whose best checkpoint to use")
     parser.add_argument(
         "--tracking-uri",

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli_options import add_experiment_options
-from pipeline.config import load_config
+from pipeline.cli_options import add_experiment_options, load_experiment
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> str:
     """Train and describe the result: final metrics, checkpoint, and how to look at the run."""
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_experiment(args.config, args.overrides)
     from pipeline.train import run_training  # imports Ray: keep `pixelrnn --help` fast
 
     summary = run_training(cfg, resume=args.resume)

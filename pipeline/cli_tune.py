@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli_options import add_experiment_options
-from pipeline.config import load_config
+from pipeline.cli_options import add_experiment_options, load_experiment
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +45,7 @@ def run(args: argparse.Namespace) -> str:
         *args.overrides,
         *(f"{key}={value}" for key, value in flags.items() if value is not None),
     ]
-    cfg = load_config(args.config, overrides)
+    cfg = load_experiment(args.config, overrides)
     from pipeline.tune import run_sweep  # imports Ray: keep `pixelrnn --help` fast
 
     summary = run_sweep(cfg, resume=args.resume)

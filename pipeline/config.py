@@ -44,6 +44,9 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     crop_size: int = 0  # centre-crop images to crop_size x crop_size (0: full images)
+    # At start, check every shard's sha256 too (reads the whole dataset once); by default only
+    # that each shard is there with its recorded size (`pixelrnn verify` runs the full check)
+    verify: bool = False
 
     def __post_init__(self) -> None:
         _at_least("data", self, 0, "crop_size")
@@ -348,23 +351,41 @@ def parse_overrides(items: Iterable[str]) -> dict[str, str]:
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """An experiment file's deltas as a flat dotted dict."""
-    path = Path(path)
     try:
-        loaded = yaml.safe_load(path.read_text())
+        text = Path(path).read_text()
     except OSError as error:
         raise ConfigError(f"{path}: cannot read config ({error.strerror})") from None
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, where: str) -> dict[str, Any]:
+    """An experiment file's text (read from `where`) as a flat dotted dict of its deltas."""
+    try:
+        loaded = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        raise ConfigError(f"{where}: not valid YAML ({str(error).splitlines()[0]})") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+        raise ConfigError(f"{where}: expected a mapping of config keys at the top level")
     return flatten(loaded)
 
 
-def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> ExperimentConfig:
-    """An experiment file (None: defaults only) with `--set` overrides applied on top."""
-    layers = [read_yaml(path)] if path is not None else []
+def load_config(
+    path: str | Path | None, overrides: Iterable[str] = (), text: str | None = None
+) -> ExperimentConfig:
+    """An experiment file (None: defaults only) with `--set` overrides applied on top.
+
+    Args:
+        path: the file, or where `text` was read from.
+        overrides: `dotted.key=value` items.
+        text: the file's contents when the caller read it (from a URI); else `path` is read.
+    """
+    layers = []
+    if text is not None:
+        layers = [parse_yaml(text, str(path))]
+    elif path is not None:
+        layers = [read_yaml(path)]
     return merge([*layers, parse_overrides(overrides)])
 
 

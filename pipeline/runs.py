@@ -27,7 +27,7 @@ RECORD_FILE = "pixelrnn_run.json"
 # other hardware, another place to look at it.
 RESUMABLE_CHANGES = (
     "train.epochs", "train.max_minutes", "optim.anneal_minutes", "scaling.",
-    "tracking.sample_every_epochs", "train.checkpoint_every_minutes",
+    "tracking.sample_every_epochs", "data.verify", "train.checkpoint_every_minutes",
 )  # fmt: skip
 
 
@@ -86,7 +86,7 @@ def storage_location(cfg: ExperimentConfig) -> str:
     """`train.storage_path` as an absolute folder (Ray changes workers' working directory) or a
     URI. Multi-node runs need storage every node reaches: `s3://`, `gs://` or a shared mount."""
     try:
-        storage.filesystem(cfg.train.storage_path)
+        storage.require_bucket(cfg.train.storage_path)
     except PixelRNNError as error:
         raise ConfigError(f"train.storage_path: {error}") from None
     return storage.normalize(cfg.train.storage_path)
@@ -157,7 +157,8 @@ def _check_same_experiment(before: ExperimentConfig, after: ExperimentConfig) ->
         raise ConfigError(
             f"--resume: config differs from the run being resumed in {', '.join(changed)}; "
             "only train.epochs, train.max_minutes, optim.anneal_minutes, scaling.*, "
-            "tracking.sample_every_epochs and train.checkpoint_every_minutes may change"
+            "tracking.sample_every_epochs, data.verify and train.checkpoint_every_minutes may "
+            "change"
         )
 
 

@@ -392,7 +392,7 @@ def run_training(
         NonFiniteLossError: the loss diverged; the last good checkpoint is named.
         PixelRNNError: training failed after `scaling.max_failures` restarts.
     """
-    dataset = data.open_prepared(storage.normalize(cfg.data.path))
+    dataset = data.open_prepared(storage.normalize(cfg.data.path), verify_checksums=cfg.data.verify)
     plan = runs.make_plan(cfg, dataset)
     ray_runtime.connect(address=cfg.scaling.ray_address or None)
     record, tracker = _open_run(cfg, resume, dataset, plan)
