@@ -20,19 +20,16 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 from train_support import (
+    DETERMINISM_RUN,
     latest_checkpoint,
-    prepare_tiny_dataset,
-    tiny_config,
+    reference_run,
     tiny_overrides,
     wait_for,
 )
 
 from pipeline.checkpointing import load_checkpoint
-from pipeline.train import run_training
 
 pytestmark = pytest.mark.ray
-RUN = {"train.epochs": 2, "train.report_every_steps": 3, "tracking.num_samples": 0,
-       "train.seed": 11}  # fmt: skip
 EVERY_STEP = 1e-4  # minutes: a mid-epoch checkpoint after every step
 
 
@@ -48,13 +45,13 @@ def wait_until_released(ray, cpus: float, timeout_s: float = 120) -> None:
         time.sleep(0.2)
 
 
-def test_killed_and_resumed_run_retraces_the_uninterrupted_run(ray_cluster, tmp_path):
-    data_root = prepare_tiny_dataset(tmp_path)
-    reference = run_training(tiny_config(data_root, tmp_path / "ref", **RUN,
-                                         **{"train.run_name": "reference"}))  # fmt: skip
+def test_killed_and_resumed_run_retraces_the_uninterrupted_run(
+    ray_cluster, tmp_path, tmp_path_factory
+):
+    reference, data_root = reference_run(tmp_path_factory)
 
     work = tmp_path / "killed"
-    overrides = tiny_overrides(data_root, work, **RUN, **{
+    overrides = tiny_overrides(data_root, work, **DETERMINISM_RUN, **{
         "train.run_name": "killed", "train.checkpoint_every_minutes": EVERY_STEP})  # fmt: skip
     config = tmp_path / "experiment.yaml"
     config.write_text(yaml.safe_dump(overrides))

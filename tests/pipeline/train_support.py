@@ -78,3 +78,26 @@ def end_processes_under(folder: Path) -> None:
     for pid in processes_mentioning(str(folder)):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+# The run the interrupted runs of the determinism tests must retrace: 2 epochs of 8 steps on 2
+# workers, interim reports after batches 3 and 6, no sample grids (they only cost time here).
+DETERMINISM_RUN = {"train.epochs": 2, "train.report_every_steps": 3, "tracking.num_samples": 0,
+                   "train.seed": 11}  # fmt: skip
+_references: dict[str, Any] = {}
+
+
+def reference_run(tmp_path_factory):
+    """The uninterrupted `DETERMINISM_RUN` on the session cluster, trained once per session.
+
+    Returns:
+        (its `TrainingSummary`, the dataset folder it read).
+    """
+    if "run" not in _references:
+        from pipeline.train import run_training
+
+        work = tmp_path_factory.mktemp("reference")
+        data_root = prepare_tiny_dataset(work)
+        cfg = tiny_config(data_root, work, **DETERMINISM_RUN, **{"train.run_name": "reference"})
+        _references["run"] = (run_training(cfg), data_root)
+    return _references["run"]
