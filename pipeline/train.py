@@ -19,7 +19,7 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, UserCallback
 from ray.train import ScalingConfig as RayScalingConfig
 
-from pipeline import data, ray_runtime, runs, sanity, storage, tracking
+from pipeline import capacity, data, ray_runtime, runs, sanity, storage, tracking
 from pipeline.checkpointing import (
     BATCHES_KEY,
     CHECKPOINT_FILE,
@@ -388,18 +388,23 @@ def run_training(
     A Tune trial passes `callbacks` for the trainer and `tags` for its MLflow run (sweep ids).
 
     Raises:
-        ConfigError: the config does not fit the dataset, or `--resume` finds nothing to resume.
+        ConfigError: the config does not fit the dataset, its workers do not fit the cluster
+            however far it grows, or `--resume` finds nothing to resume.
         NonFiniteLossError: the loss diverged; the last good checkpoint is named.
         PixelRNNError: training failed after `scaling.max_failures` restarts.
     """
     dataset = data.open_prepared(storage.normalize(cfg.data.path), verify_checksums=cfg.data.verify)
     plan = runs.make_plan(cfg, dataset)
     ray_runtime.connect(address=cfg.scaling.ray_address or None)
+    per_worker, grows = cfg.scaling.worker_resources(), ray_runtime.cluster_capacity()
+    capacity.check_workers_fit(grows, per_worker, cfg.scaling.num_workers)  # before any output
     record, tracker = _open_run(cfg, resume, dataset, plan)
     if tags:
         tracker.set_tags(tags)
     try:
-        result = build_trainer(cfg, plan, record, tracker, dataset, callbacks).fit()
+        trainer = build_trainer(cfg, plan, record, tracker, dataset, callbacks)
+        with ray_runtime.WaitForNodesLog(per_worker, cfg.scaling.num_workers, grows):
+            result = trainer.fit()
     except ray.train.TrainingFailedError as error:
         tracker.finish("FAILED", str(error))
         first_line = (str(error).strip() or repr(error)).splitlines()[0]
