@@ -30,10 +30,13 @@ class Capacity:
     Attributes:
         nodes: the resources of each node up now, e.g. ({"CPU": 8.0, "GPU": 1.0}, ...).
         node_types: the autoscaler's worker node types (without the head's).
+        known: False when some node type's resources are unknown (a cluster config whose
+            `resources: {}` the launcher has not filled in): then nothing is refused.
     """
 
     nodes: tuple[dict[str, float], ...]
     node_types: tuple[NodeType, ...] = field(default=())
+    known: bool = True
 
     def most(self) -> dict[str, float]:
         """Resources the cluster can grow to: the nodes up plus every node each type may add (an
@@ -87,7 +90,7 @@ def check_workers_fit(capacity: Capacity, per_worker: dict[str, float], workers:
         ConfigError: naming what each worker asks for and the largest node there is.
     """
     slots = capacity.worker_slots(per_worker)
-    if slots >= workers:
+    if slots >= workers or not capacity.known:
         return
     largest = describe(capacity.largest_node(per_worker))
     where = "its autoscaler's node types" if capacity.node_types else "no autoscaler node types"

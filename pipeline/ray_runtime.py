@@ -123,7 +123,12 @@ def cluster_capacity() -> capacity.Capacity:
         for node in ray.nodes()
         if node["Alive"]
     )
-    return capacity.Capacity(nodes, _reported_node_types() or _bootstrap_node_types())
+    node_types = _reported_node_types() or _bootstrap_node_types()
+    unknown = [kind.name for kind in node_types if not kind.resources]
+    if unknown:
+        logger.warning("autoscaler node types %s declare no resources: sizing by the nodes up, "
+                       "and no request is refused", unknown)  # fmt: skip
+    return capacity.Capacity(nodes, node_types, known=not unknown)
 
 
 def _reported_node_types() -> tuple[capacity.NodeType, ...]:

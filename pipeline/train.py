@@ -2,7 +2,11 @@
 
 `run_training` is the driver: it checks the config against the dataset, opens the MLflow run
 and fits a `TorchTrainer` whose workers run `train_loop_per_worker` (DDP over gloo or NCCL).
-Resuming a run is fitting it again under the same `RunConfig(name, storage_path)`.
+Resuming a run is fitting it again under the same `RunConfig(name, storage_path)`; a worker
+group restarted after a lost node, or a resumed run, continues from the latest checkpoint, which
+may lie inside an epoch (`train.checkpoint_every_minutes`). Over 400 lines because, as the only
+importer of `ray.train`, it holds every Train touchpoint: worker loop, checkpoint reports, the
+MLflow callback, the trainer and the driver.
 """
 
 from __future__ import annotations

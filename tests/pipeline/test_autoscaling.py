@@ -29,6 +29,8 @@ def test_zero_worker_nodes_up_still_fits_what_the_autoscaler_can_add():
         check_workers_fit(one_up, ONE_GPU, workers=4)
     with pytest.raises(ConfigError, match="can hold at most 4"):
         check_workers_fit(empty, ONE_GPU, workers=5)
+    unfilled = NodeType("gpu-worker", {}, max_nodes=4)  # `resources: {}` not filled in
+    check_workers_fit(Capacity((HEAD,), (unfilled,), known=False), ONE_GPU, workers=5)
 
 
 def test_a_request_no_node_type_can_satisfy_names_it_and_the_largest_node():
