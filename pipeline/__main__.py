@@ -21,6 +21,7 @@ COMMANDS = (
     "pipeline.cli_tune",
     "pipeline.cli_compare",
     "pipeline.cli_verify",
+    "pipeline.cli_export",
 )
 
 

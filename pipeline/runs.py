@@ -92,20 +92,6 @@ def storage_location(cfg: ExperimentConfig) -> str:
     return storage.normalize(cfg.train.storage_path)
 
 
-def storage_root(cfg: ExperimentConfig) -> Path:
-    """`train.storage_path` as an absolute local folder, for callers that need a `Path`.
-
-    Raises:
-        ConfigError: it is a URI (`storage_location` accepts those).
-    """
-    if storage.is_uri(cfg.train.storage_path):
-        raise ConfigError(
-            f"train.storage_path: {cfg.train.storage_path}: this command needs a local or "
-            "mounted folder (pixelrnn train accepts s3:// and gs:// URIs)"
-        )
-    return Path(storage.normalize(cfg.train.storage_path))
-
-
 def new_run_name(cfg: ExperimentConfig) -> str:
     """`train.run_name`, else the experiment name and the start time."""
     if cfg.train.run_name:
@@ -126,23 +112,14 @@ def check_new_run(cfg: ExperimentConfig, name: str) -> None:
 def find_run_to_resume(cfg: ExperimentConfig) -> RunRecord:
     """The run named by `train.run_name`, else the latest run of this experiment."""
     root = storage_location(cfg)
-    if cfg.train.run_name:
-        names = [cfg.train.run_name]
-    else:
-        prefix = f"{cfg.tracking.experiment_name}-"
-        records = {
-            name: storage.join(root, name, RECORD_FILE)
-            for name in storage.subfolders(root)
-            if name.startswith(prefix)
-        }
-        started = [name for name, record in records.items() if storage.is_file(record)]
-        names = sorted(started, key=lambda name: storage.modified_s(records[name]))[-1:]
-    if not names or not storage.is_file(storage.join(root, names[0], RECORD_FILE)):
+    prefix = f"{cfg.tracking.experiment_name}-"
+    name = cfg.train.run_name or storage.latest_with(root, prefix, RECORD_FILE)
+    if not name or not storage.is_file(storage.join(root, name, RECORD_FILE)):
         raise ConfigError(
             f"--resume: no run of experiment {cfg.tracking.experiment_name!r} "
             f"(train.run_name={cfg.train.run_name!r}) found in {root}"
         )
-    record = RunRecord.load(storage.join(root, names[0]))
+    record = RunRecord.load(storage.join(root, name))
     _check_same_experiment(ExperimentConfig.from_dict(record.config), cfg)
     return record
 

@@ -165,6 +165,21 @@ def _listing(location: str) -> list[pafs.FileInfo]:
         return fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
 
 
+def latest_with(location: str, prefix: str, record: str) -> str | None:
+    """The folder under `location` named `prefix...` whose file `record` was written last.
+
+    Returns:
+        The folder's name, or None when no such folder holds `record`.
+    """
+    records = {
+        name: join(location, name, record)
+        for name in subfolders(location)
+        if name.startswith(prefix)
+    }
+    started = [name for name, path in records.items() if is_file(path)]
+    return max(started, key=lambda name: modified_s(records[name]), default=None)
+
+
 def upload_folder(
     local: Path,
     location: str,

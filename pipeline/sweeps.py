@@ -140,23 +140,14 @@ def find_sweep_to_resume(cfg: ExperimentConfig) -> SweepRecord:
         ConfigError: there is none, or the config differs from the one the sweep started with.
     """
     root = runs.storage_location(cfg)
-    if cfg.tune.sweep_name:
-        names = [cfg.tune.sweep_name]
-    else:
-        prefix = f"{cfg.tracking.experiment_name}-sweep-"
-        records = {
-            name: storage.join(root, name, RECORD_FILE)
-            for name in storage.subfolders(root)
-            if name.startswith(prefix)
-        }
-        started = [name for name, record in records.items() if storage.is_file(record)]
-        names = sorted(started, key=lambda name: storage.modified_s(records[name]))[-1:]
-    if not names or not storage.is_file(storage.join(root, names[0], RECORD_FILE)):
+    prefix = f"{cfg.tracking.experiment_name}-sweep-"
+    name = cfg.tune.sweep_name or storage.latest_with(root, prefix, RECORD_FILE)
+    if not name or not storage.is_file(storage.join(root, name, RECORD_FILE)):
         raise ConfigError(
             f"--resume: no sweep of experiment {cfg.tracking.experiment_name!r} "
             f"(tune.sweep_name={cfg.tune.sweep_name!r}) found in {root}"
         )
-    record = SweepRecord.load(storage.join(root, names[0]))
+    record = SweepRecord.load(storage.join(root, name))
     before = ExperimentConfig.from_dict(record.config)
     changed = [
         key for key in changed_keys(before, cfg) if key not in ("tune.sweep_name", "data.verify")

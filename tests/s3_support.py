@@ -86,11 +86,15 @@ class S3Server:
 
     def keys(self, uri: str) -> list[str]:
         """Every object key under `s3://bucket/prefix` (sorted, without the bucket)."""
+        return sorted(self.objects(uri))
+
+    def objects(self, uri: str) -> dict[str, tuple[str, str]]:
+        """{key: (ETag, LastModified)} of every object under `s3://bucket/prefix`."""
         bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-        pages = (
-            self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        )
-        return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+        paginator = self.client().get_paginator("list_objects_v2")
+        pages = paginator.paginate(Bucket=bucket, Prefix=prefix)
+        return {item["Key"]: (item["ETag"], str(item["LastModified"]))
+                for page in pages for item in page.get("Contents", [])}  # fmt: skip
 
 
 def _boto_credentials() -> dict[str, str]:

@@ -154,6 +154,8 @@ def test_sweep_killed_and_resumed_on_s3(lab):
     finally:
         lab.kill(first)
     (done,) = finished_trials()
+    done_folder = f"{lab.bucket}/sweeps/s/train/{done.info.run_name}/"
+    untouched = lab.s3.objects(done_folder)
 
     output = lab.run(*command, "--resume")
     assert "restoring sweep" in output and "best trial" in output
@@ -168,6 +170,11 @@ def test_sweep_killed_and_resumed_on_s3(lab):
     assert yaml.safe_load(storage.read_text(best))["model"]  # a ready-to-run experiment file
     epochs = [m.value for m in lab.client.get_metric_history(done.info.run_id, "epoch")]
     assert epochs == [1.0, 2.0]  # the finished trial was not trained again
+    assert lab.s3.objects(done_folder) == untouched  # nor its checkpoints rewritten
+    again = lab.client.get_run(done.info.run_id)
+    assert again.info.status == "FINISHED" and "pixelrnn.resumed" not in again.data.tags
+    parent = lab.client.get_run(done.data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["pixelrnn.resumed"] == "true"
     assert not list(lab.work.iterdir()), "a sweep on URIs wrote into the working folder"
 
 
