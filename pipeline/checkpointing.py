@@ -1,7 +1,9 @@
 """Training checkpoints: one atomically written `checkpoint.pt` per checkpoint folder, holding
-the unwrapped model, optimizer, step/epoch (which drive the schedule), config and RNG state; read
-back with `torch.load(weights_only=True)`, so loading one never runs code. Retention (best K by
-val bits/dim plus the latest) is Ray Train's `CheckpointConfig`, built in train.py.
+the unwrapped model, optimizer, step/epoch and position inside the epoch (which drive the
+schedule and the data order), time spent, config and RNG state; read back with
+`torch.load(weights_only=True)`, so loading one never runs code. Retention is Ray Train's
+`CheckpointConfig`, built in train.py: the best K epoch-end checkpoints by `CHECKPOINT_SCORE`
+plus the latest of any kind (mid-epoch checkpoints score `MID_EPOCH_SCORE`, below every epoch end).
 
 `export_weights` turns one into a published weights file: the same format without the optimizer
 and RNG state, plus the digest of the dataset it was trained on; every loader here reads both, from
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,11 @@ from pixelrnn_model import PixelRNN
 CHECKPOINT_FILE = "checkpoint.pt"
 SAMPLES_FILE = "samples.png"
 SCORE_METRIC = "val/bits_per_dim"  # lower is better
+# What Ray Train ranks checkpoints by: SCORE_METRIC at epoch ends; mid-epoch checkpoints, which
+# have no validation score, get the largest float (JSON keeps it, unlike inf) so they rank last.
+CHECKPOINT_SCORE = "checkpoint/score"
+MID_EPOCH_SCORE = sys.float_info.max
+BATCHES_KEY = "checkpoint/batches_in_epoch"  # only in the reports of mid-epoch checkpoints
 FORMAT_VERSION = 1
 
 
@@ -34,14 +42,20 @@ FORMAT_VERSION = 1
 class Progress:
     """Where training stands: `epoch` epochs and `step` optimizer steps are complete.
 
-    `seconds` is the wall-clock time the training loop has spent so far, over all restarts and
-    resumes (what `train.max_minutes` counts); `budget_spent` says that budget ended training.
+    `batches_in_epoch` batches of the next epoch (0-based index `epoch`) are done too, in the
+    data order of `world_size` ranks (a mid-epoch checkpoint; 0 at epoch ends), and `meters`
+    holds the training metrics' sums so far in that epoch. `seconds` is
+    the wall-clock time the training loop has spent so far, over all restarts and resumes (what
+    `train.max_minutes` counts); `budget_spent` says that budget ended training.
     """
 
     epoch: int = 0
     step: int = 0
     seconds: float = 0.0
     budget_spent: bool = False
+    batches_in_epoch: int = 0
+    world_size: int = 0
+    meters: tuple[float, ...] = ()  # with batches_in_epoch: the loop's `TrainMeter` totals
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -77,7 +91,7 @@ def save_checkpoint(
         directory: an existing folder.
         model: the model, wrapped or not; its unwrapped state dict is saved.
         optimizer: its state (moments, step counts, learning rates).
-        progress: completed epochs and steps.
+        progress: completed epochs and steps, and the position inside the epoch.
         config: the experiment config, so the checkpoint alone rebuilds the model.
         metrics: the metrics reported with this checkpoint.
         image_shape: (C, H, W) of the training images, the default size for sampling.
@@ -93,6 +107,9 @@ def save_checkpoint(
         "step": progress.step,
         "seconds": progress.seconds,
         "budget_spent": progress.budget_spent,
+        "batches_in_epoch": progress.batches_in_epoch,
+        "world_size": progress.world_size,
+        "meters": list(progress.meters),
         "config": config.to_dict(),
         "metrics": dict(metrics or {}),
         "image_shape": list(image_shape),
@@ -184,6 +201,9 @@ def restore(
         step=payload["step"],
         seconds=float(payload.get("seconds", 0.0)),
         budget_spent=bool(payload.get("budget_spent", False)),
+        batches_in_epoch=int(payload.get("batches_in_epoch", 0)),
+        world_size=int(payload.get("world_size", 0)),
+        meters=tuple(float(value) for value in payload.get("meters", ())),
     )
 
 

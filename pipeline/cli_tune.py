@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-concurrent",
         type=int,
-        help="trials at once (tune.max_concurrent_trials; default: as many as the cluster holds)",
+        help="trials at once (tune.max_concurrent_trials; default: as many as the cluster holds "
+        "once its autoscaler has added every node it may; trials wait for those nodes)",
     )
     parser.set_defaults(func=run)
 

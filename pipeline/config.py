@@ -110,14 +110,18 @@ class TrainConfig:
     # natively (GPUs, CPUs with AVX-512 BF16 or AMX); "fp32": never. Losses stay float32.
     precision: str = "auto"
     compile: bool = False  # torch.compile the model (first steps slower while it compiles)
-    keep_best: int = 2  # checkpoints kept by lowest val bits/dim, besides the latest
+    keep_best: int = 2  # epoch-end checkpoints kept by lowest val bits/dim, besides the latest
+    # Rank 0 also checkpoints inside epochs at this interval of wall clock, recording how far
+    # into the epoch's data order training got (0: at epoch ends only). A preempted worker then
+    # costs at most this much training.
+    checkpoint_every_minutes: float = 0.0
     storage_path: str = "runs"  # folder of Ray Train runs
     run_name: str = ""  # folder under storage_path ("": experiment name + start time)
 
     def __post_init__(self) -> None:
         _at_least("train", self, 1, "epochs", "batch_size_per_worker", "keep_best")
         _at_least("train", self, 0, "max_steps_per_epoch", "max_val_batches", "report_every_steps",
-                  "interim_val_batches", "max_minutes")  # fmt: skip
+                  "interim_val_batches", "max_minutes", "checkpoint_every_minutes")  # fmt: skip
         _require("/" not in self.run_name, "train.run_name", "must not contain '/'")
         _require(
             self.precision in PRECISIONS,
@@ -132,6 +136,11 @@ class ScalingConfig:
 
     num_workers: int = 2  # Ray Train workers, one DDP rank each
     use_gpu: bool = False  # one GPU per worker and NCCL; otherwise CPU and gloo
+    # The Ray resource that marks a training node: each worker holds one. "GPU" means GPUs (held
+    # with use_gpu); another name is a custom resource the nodes declare, held whether or not
+    # use_gpu is set (e.g. "A100" with use_gpu, or a stand-in for GPUs on CPU-only test
+    # clusters without it, which then train on CPU and gloo).
+    accelerator_resource: str = "GPU"
     cpus_per_worker: float = 1.0  # logical CPUs Ray reserves for each worker
     max_failures: int = 1  # worker-group restarts from the last checkpoint (-1: forever)
     ray_address: str = ""  # cluster to attach to ("": RAY_ADDRESS if set, else a local one)
@@ -139,7 +148,18 @@ class ScalingConfig:
     def __post_init__(self) -> None:
         _at_least("scaling", self, 1, "num_workers")
         _require(self.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be > 0")
+        _require(bool(self.accelerator_resource), "scaling.accelerator_resource",
+                 "must name a Ray resource, e.g. GPU")  # fmt: skip
         _at_least("scaling", self, -1, "max_failures")
+
+    def worker_resources(self) -> dict[str, float]:
+        """Ray resources one training worker holds, e.g. {"CPU": 1.0, "GPU": 1.0}."""
+        resources = {"CPU": self.cpus_per_worker}
+        if self.use_gpu:
+            resources["GPU"] = 1.0
+        if self.use_gpu or self.accelerator_resource != "GPU":
+            resources[self.accelerator_resource] = 1.0
+        return resources
 
 
 @dataclass(frozen=True)

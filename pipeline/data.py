@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import ray.data
+import torch
 
+from pipeline.data_order import RankOrder, rank_order
 from pipeline.datasets.manifest import read_manifest, resolve, total_bytes, verify_shards
 from pipeline.errors import DataError
 
@@ -43,6 +45,13 @@ class PreparedDataset:
     levels: int
     splits: tuple[str, ...]
 
+    @classmethod
+    def from_manifest(cls, root: str, manifest: dict) -> PreparedDataset:
+        """The dataset at `root` described by its (already verified) `manifest`."""
+        height, width, channels = manifest["shape"]
+        return cls(root=root, manifest=manifest, height=height, width=width, channels=channels,
+                   levels=manifest["levels"], splits=tuple(manifest["splits"]))  # fmt: skip
+
     def count(self, split: str) -> int:
         """Number of images in `split`."""
         return self._split(split)["count"]
@@ -51,6 +60,13 @@ class PreparedDataset:
         """Filesystem paths (for `resolve(root)`'s filesystem) of the shards of `split`."""
         _, base = resolve(self.root)
         return [f"{base}/{shard['path']}" for shard in self._split(split)["shards"]]
+
+    def rank_order(
+        self, split: str, rank: int, world: int, seed: int, epoch: int, shuffle: bool
+    ) -> RankOrder:
+        """The rows `rank` of `world` reads from `split` in `epoch` (see `pipeline.data_order`)."""
+        return rank_order(self.root, self._split(split), rank=rank, world=world, seed=seed,
+                          epoch=epoch, shuffle=shuffle)  # fmt: skip
 
     def _split(self, split: str) -> dict:
         if split not in self.splits:
@@ -75,16 +91,7 @@ def open_prepared(root: str, *, verify_checksums: bool = False) -> PreparedDatas
         verify_with_progress(root, manifest)
     else:
         verify_shards(root, manifest, checksums=False)
-    height, width, channels = manifest["shape"]
-    return PreparedDataset(
-        root=root,
-        manifest=manifest,
-        height=height,
-        width=width,
-        channels=channels,
-        levels=manifest["levels"],
-        splits=tuple(manifest["splits"]),
-    )
+    return PreparedDataset.from_manifest(root, manifest)
 
 
 def verify_with_progress(root: str, manifest: dict, desc: str = "sha256") -> None:
@@ -145,6 +152,52 @@ def read_split(
         )
     shape = (dataset.height, dataset.width, dataset.channels)
     return shards.map_batches(decode_pixels, fn_kwargs={"shape": shape}, batch_format="numpy")
+
+
+def read_in_order(
+    dataset: PreparedDataset, order: RankOrder, batch_size: int
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Stream the rows of `order` with Ray Data and yield them in exactly that order.
+
+    Ray Data reads the order's shards (in read order, blocks kept in order); rows arrive grouped
+    by shard and are held until their turn, which `RankOrder`'s windows keep to about
+    `data_order.SHUFFLE_WINDOW` rows plus one block.
+
+    Args:
+        dataset: from `open_prepared`.
+        order: from `PreparedDataset.rank_order` (or its `after(rows)`).
+        batch_size: rows per batch; the last batch may be smaller.
+
+    Yields:
+        {"pixels": uint8 (B, C, H, W), "index": int64 (B,)} as torch tensors.
+    """
+    if not len(order.indices):
+        return
+    filesystem, _ = resolve(dataset.root)
+    with _classic_parquet_reader():
+        rows = ray.data.read_parquet(list(order.paths), filesystem=filesystem,
+                                     columns=["image", "index"], partitioning=None)  # fmt: skip
+    rows.context.execution_options.preserve_order = True
+    wanted = np.sort(order.indices)
+    shape = (dataset.height, dataset.width, dataset.channels)
+    pending: dict[int, bytes] = {}
+    position = 0
+    for block in rows.iter_batches(batch_size=None, batch_format="numpy"):
+        found = np.searchsorted(wanted, block["index"]).clip(max=len(wanted) - 1)
+        keep = wanted[found] == block["index"]
+        pending.update(zip(block["index"][keep].tolist(), block["image"][keep], strict=True))
+        while position < len(order.indices):
+            batch = order.indices[position : position + batch_size]
+            if not all(index in pending for index in batch.tolist()):
+                break
+            images = b"".join(pending.pop(index) for index in batch.tolist())
+            pixels = np.frombuffer(images, dtype=np.uint8).reshape(-1, *shape)  # (B, H, W, C)
+            yield {"pixels": torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()),  # (B, C, H, W)
+                   "index": torch.from_numpy(np.array(batch))}  # fmt: skip
+            position += len(batch)
+    if position < len(order.indices):
+        missing = order.indices[position]
+        raise DataError(f"{dataset.root}: row with index {missing} was not found in its shard")
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ RECORD_FILE = "pixelrnn_run.json"
 # other hardware, another place to look at it.
 RESUMABLE_CHANGES = (
     "train.epochs", "train.max_minutes", "optim.anneal_minutes", "scaling.",
-    "tracking.sample_every_epochs", "data.verify",
+    "tracking.sample_every_epochs", "data.verify", "train.checkpoint_every_minutes",
 )  # fmt: skip
 
 
@@ -135,7 +135,8 @@ def _check_same_experiment(before: ExperimentConfig, after: ExperimentConfig) ->
         raise ConfigError(
             f"--resume: config differs from the run being resumed in {', '.join(changed)}; "
             "only train.epochs, train.max_minutes, optim.anneal_minutes, scaling.*, "
-            "tracking.sample_every_epochs and data.verify may change"
+            "tracking.sample_every_epochs, data.verify and train.checkpoint_every_minutes may "
+            "change"
         )
 
 

@@ -46,15 +46,19 @@ def size_trials(cfg: ExperimentConfig, cluster: dict[str, float]) -> TrialSizing
 
     Args:
         cfg: the sweep's base config (`scaling` and `tune` sections).
-        cluster: the Ray cluster's total resources, as `ray.cluster_resources()` returns them.
+        cluster: the Ray cluster's total resources, as far as it can grow
+            (`capacity.Capacity.most()`; a fixed cluster's `ray.cluster_resources()`).
 
     Raises:
         ConfigError: one trial, or `tune.max_concurrent_trials` trials, need more than the cluster.
     """
     scaling, tune = cfg.scaling, cfg.tune
     cpus = tune.trial_driver_cpus + scaling.num_workers * scaling.cpus_per_worker + tune.data_cpus
-    gpus = float(scaling.num_workers) if scaling.use_gpu else 0.0
-    have_cpus, have_gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
+    accelerator = scaling.accelerator_resource  # "GPU", or the custom resource standing for it
+    held = accelerator in scaling.worker_resources()
+    gpus = float(scaling.num_workers) if held else 0.0
+    have_cpus, have_gpus = cluster.get("CPU", 0.0), cluster.get(accelerator, 0.0)
+    unit = "GPUs" if accelerator == "GPU" else repr(accelerator)
     needs = (
         f"{tune.trial_driver_cpus:g} for its driver (tune.trial_driver_cpus) + "
         f"{scaling.num_workers} workers x {scaling.cpus_per_worker:g} (scaling.num_workers, "
@@ -67,7 +71,7 @@ def size_trials(cfg: ExperimentConfig, cluster: dict[str, float]) -> TrialSizing
         )
     if gpus > have_gpus + 1e-9:
         raise ConfigError(
-            f"scaling.num_workers: one trial needs {gpus:g} GPUs (one per worker), but the Ray "
+            f"scaling.num_workers: one trial needs {gpus:g} {unit} (one per worker), but the Ray "
             f"cluster has {have_gpus:g}"
         )
     fit = math.floor(have_cpus / cpus + 1e-9)
@@ -77,8 +81,8 @@ def size_trials(cfg: ExperimentConfig, cluster: dict[str, float]) -> TrialSizing
         raise ConfigError(
             f"tune.max_concurrent_trials: {tune.max_concurrent_trials} trials at once need "
             f"{tune.max_concurrent_trials * cpus:g} CPUs and {tune.max_concurrent_trials * gpus:g}"
-            f" GPUs ({needs} CPUs each), but the Ray cluster has {have_cpus:g} CPUs and "
-            f"{have_gpus:g} GPUs: at most {fit} fit"
+            f" {unit} ({needs} CPUs each), but the Ray cluster has {have_cpus:g} CPUs and "
+            f"{have_gpus:g} {unit}: at most {fit} fit"
         )
     concurrent = min(tune.max_concurrent_trials or fit, tune.num_samples)
     return TrialSizing(cpus, gpus, concurrent)

@@ -24,7 +24,8 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.sample import Categorical, Domain, Float, Integer
 
-from pipeline import data, ray_runtime, runs, storage, sweeps, tracking, train
+from pipeline import capacity, data, ray_runtime, runs, storage, sweeps, tracking, train
+from pipeline.checkpointing import BATCHES_KEY
 from pipeline.config import ExperimentConfig, coerce
 from pipeline.errors import ConfigError, PixelRNNError
 
@@ -109,7 +110,16 @@ def run_trial(params: dict[str, Any], sweep: dict[str, Any]) -> None:
         return
     tags = {"mlflow.parentRunId": record.parent_run_id, "pixelrnn.sweep": record.name,
             "pixelrnn.trial_id": trial_id, "pixelrnn.space": record.space}  # fmt: skip
-    train.run_training(cfg, resume=started, callbacks=[TuneReportCallback()], tags=tags)
+    train.run_training(cfg, resume=started, callbacks=[MeasuredReportCallback()], tags=tags)
+
+
+class MeasuredReportCallback(TuneReportCallback):
+    """Forwards Train's reports to Tune, except those of mid-epoch checkpoints: they carry no
+    `tune.metric` (Tune refuses such results) and nothing for ASHA to judge."""
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        if BATCHES_KEY not in metrics[0]:
+            super().after_report(run_context, metrics, checkpoint)
 
 
 def _report_if_finished(run: runs.RunRecord) -> bool:
@@ -277,7 +287,11 @@ def run_sweep(cfg: ExperimentConfig, resume: bool = False) -> SweepSummary:
     ray_runtime.connect(address=cfg.scaling.ray_address or None)
     # Tune's own result files are off (metrics live in MLflow): no warning that they are missing.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    sizing = sweeps.size_trials(cfg, ray.cluster_resources())
+    # What the cluster can grow to, so a sweep starts on an autoscaling cluster with no worker
+    # node up; its trials then wait for the nodes the autoscaler adds.
+    grows = ray_runtime.cluster_capacity()
+    capacity.check_workers_fit(grows, cfg.scaling.worker_resources(), cfg.scaling.num_workers)
+    sizing = sweeps.size_trials(cfg, grows.most())
     logger.info("each trial holds %g CPUs and %g GPUs; %d at a time",
                 sizing.cpus_per_trial, sizing.gpus_per_trial, sizing.max_concurrent)  # fmt: skip
     record, tracker = _open_sweep(cfg, resume, dataset, space)
