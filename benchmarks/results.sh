@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce README's "Results": the paper's comparison at small scale on 2 CPU cores.
+# Reproduce the Results (docs/results.md): the paper's comparison at small scale on 2 CPU cores.
 #
 #   benchmarks/results.sh [all|mnist|cifar10 [ARCH ...]]   (from the repository root; default: all)
 #

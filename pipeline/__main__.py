@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
 from pipeline.errors import PixelRNNError
 
@@ -20,6 +21,9 @@ COMMANDS = (
     "pipeline.cli_sample",
     "pipeline.cli_tune",
     "pipeline.cli_compare",
+    "pipeline.cli_config",
+    "pipeline.cli_verify",
+    "pipeline.cli_export",
 )
 
 
@@ -27,10 +31,21 @@ def build_parser() -> argparse.ArgumentParser:
     """The `pixelrnn` parser with every registered sub-command."""
     parser = argparse.ArgumentParser(prog="pixelrnn", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {_version()}",
+        help="print the installed pixelrnn version and exit",
+    )  # fmt: skip
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module_name in COMMANDS:
         importlib.import_module(module_name).register(subparsers)
     return parser
+
+
+def _version() -> str:
+    try:
+        return version("pixelrnn")
+    except PackageNotFoundError:
+        return "(not installed: run `pip install -e .`)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("botocore").setLevel(logging.WARNING)  # "Found credentials in ..."
     try:
         output = args.func(args)
     except PixelRNNError as error:

@@ -1,12 +1,20 @@
 """Training checkpoints: one atomically written `checkpoint.pt` per checkpoint folder, holding
-the unwrapped model, optimizer, step/epoch (which drive the schedule), config and RNG state; read
-back with `torch.load(weights_only=True)`, so loading one never runs code. Retention (best K by
-val bits/dim plus the latest) is Ray Train's `CheckpointConfig`, built in train.py.
+the unwrapped model, optimizer, step/epoch and position inside the epoch (which drive the
+schedule and the data order), time spent, config and RNG state; read back with
+`torch.load(weights_only=True)`, so loading one never runs code. Retention is Ray Train's
+`CheckpointConfig`, built in train.py: the best K epoch-end checkpoints by `CHECKPOINT_SCORE`
+plus the latest of any kind (mid-epoch checkpoints score `MID_EPOCH_SCORE`, below every epoch end).
+
+`export_weights` turns one into a published weights file: the same format without the optimizer
+and RNG state, plus the digest of the dataset it was trained on; every loader here reads both, from
+a local path or a URI (`s3://...`).
 """
 
 from __future__ import annotations
 
+import io
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline import storage
 from pipeline.config import ExperimentConfig
 from pipeline.errors import PixelRNNError
 from pixelrnn_model import PixelRNN
@@ -21,6 +30,11 @@ from pixelrnn_model import PixelRNN
 CHECKPOINT_FILE = "checkpoint.pt"
 SAMPLES_FILE = "samples.png"
 SCORE_METRIC = "val/bits_per_dim"  # lower is better
+# What Ray Train ranks checkpoints by: SCORE_METRIC at epoch ends; mid-epoch checkpoints, which
+# have no validation score, get the largest float (JSON keeps it, unlike inf) so they rank last.
+CHECKPOINT_SCORE = "checkpoint/score"
+MID_EPOCH_SCORE = sys.float_info.max
+BATCHES_KEY = "checkpoint/batches_in_epoch"  # only in the reports of mid-epoch checkpoints
 FORMAT_VERSION = 1
 
 
@@ -28,14 +42,20 @@ FORMAT_VERSION = 1
 class Progress:
     """Where training stands: `epoch` epochs and `step` optimizer steps are complete.
 
-    `seconds` is the wall-clock time the training loop has spent so far, over all restarts and
-    resumes (what `train.max_minutes` counts); `budget_spent` says that budget ended training.
+    `batches_in_epoch` batches of the next epoch (0-based index `epoch`) are done too, in the
+    data order of `world_size` ranks (a mid-epoch checkpoint; 0 at epoch ends), and `meters`
+    holds the training metrics' sums so far in that epoch. `seconds` is
+    the wall-clock time the training loop has spent so far, over all restarts and resumes (what
+    `train.max_minutes` counts); `budget_spent` says that budget ended training.
     """
 
     epoch: int = 0
     step: int = 0
     seconds: float = 0.0
     budget_spent: bool = False
+    batches_in_epoch: int = 0
+    world_size: int = 0
+    meters: tuple[float, ...] = ()  # with batches_in_epoch: the loop's `TrainMeter` totals
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -71,7 +91,7 @@ def save_checkpoint(
         directory: an existing folder.
         model: the model, wrapped or not; its unwrapped state dict is saved.
         optimizer: its state (moments, step counts, learning rates).
-        progress: completed epochs and steps.
+        progress: completed epochs and steps, and the position inside the epoch.
         config: the experiment config, so the checkpoint alone rebuilds the model.
         metrics: the metrics reported with this checkpoint.
         image_shape: (C, H, W) of the training images, the default size for sampling.
@@ -87,6 +107,9 @@ def save_checkpoint(
         "step": progress.step,
         "seconds": progress.seconds,
         "budget_spent": progress.budget_spent,
+        "batches_in_epoch": progress.batches_in_epoch,
+        "world_size": progress.world_size,
+        "meters": list(progress.meters),
         "config": config.to_dict(),
         "metrics": dict(metrics or {}),
         "image_shape": list(image_shape),
@@ -102,20 +125,54 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint file, or the `checkpoint.pt` inside a folder, onto the CPU."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_FILE
-    if not path.is_file():
-        raise PixelRNNError(f"{path}: no checkpoint file here")
+def load_checkpoint(location: str | Path) -> dict[str, Any]:
+    """Read a checkpoint or weights file, or the `checkpoint.pt` inside a folder, onto the CPU.
+
+    Args:
+        location: a local path or a URI (`s3://bucket/run/epoch_0002`, `.../checkpoint.pt`).
+    """
+    location = str(location)
+    if not storage.is_file(location):
+        location = storage.join(location, CHECKPOINT_FILE)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        data = storage.read_bytes(location)
+    except FileNotFoundError:
+        raise PixelRNNError(f"{location}: no checkpoint file here") from None
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated or foreign file: say which one
-        raise PixelRNNError(f"{path}: not a readable checkpoint ({error})") from None
+        message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise PixelRNNError(f"{location}: not a readable checkpoint ({message})") from None
     if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
-        raise PixelRNNError(f"{path}: not a pixelrnn checkpoint (format {FORMAT_VERSION})")
+        raise PixelRNNError(f"{location}: not a pixelrnn checkpoint (format {FORMAT_VERSION})")
     return payload
+
+
+# What a published weights file keeps of a checkpoint (optimizer and RNG state are training-only).
+WEIGHTS_KEYS = ("format_version", "model", "config", "metrics", "image_shape", "epoch", "step")
+
+
+def export_weights(
+    checkpoint: str | Path, destination: Path, dataset_digest: str, **extra: Any
+) -> Path:
+    """Write a checkpoint's model, config, metrics and progress as one weights-only file.
+
+    Args:
+        checkpoint: a checkpoint folder or file (local path or URI).
+        destination: the file to write (atomically).
+        dataset_digest: sha256 of the `manifest.json` of the dataset it was trained on.
+        extra: more facts to record (e.g. the split and value of a reference score).
+
+    Returns:
+        `destination`; `model_from_checkpoint(destination)` rebuilds the model from it.
+    """
+    payload = load_checkpoint(checkpoint)
+    weights = {key: payload[key] for key in WEIGHTS_KEYS if key in payload}
+    weights.update(dataset_digest=dataset_digest, **extra)
+    partial = destination.with_name(f".{destination.name}.partial")
+    torch.save(weights, partial)
+    os.replace(partial, destination)
+    return destination
 
 
 def restore(
@@ -144,6 +201,9 @@ def restore(
         step=payload["step"],
         seconds=float(payload.get("seconds", 0.0)),
         budget_spent=bool(payload.get("budget_spent", False)),
+        batches_in_epoch=int(payload.get("batches_in_epoch", 0)),
+        world_size=int(payload.get("world_size", 0)),
+        meters=tuple(float(value) for value in payload.get("meters", ())),
     )
 
 
@@ -158,7 +218,8 @@ class TrainedModel:
 
 
 def model_from_checkpoint(path: str | Path) -> TrainedModel:
-    """Rebuild the trained model, in eval mode, from a checkpoint alone."""
+    """Rebuild the trained model, in eval mode, from a checkpoint or weights file alone (a local
+    path or a URI)."""
     payload = load_checkpoint(path)
     config = ExperimentConfig.from_dict(payload["config"])
     model = PixelRNN(config.model)

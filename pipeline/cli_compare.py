@@ -1,4 +1,5 @@
-"""`pixelrnn compare [--experiment NAME | --runs ID ... | --parent ID] [--metric KEY]`."""
+"""`pixelrnn compare [--experiment NAME | --runs ID ... | --parent ID] [--metric KEY]`; with no
+selection, the experiment whose run started last."""
 
 from __future__ import annotations
 
@@ -15,10 +16,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="compare runs: a table of architecture, optimizer and results, and a curves PNG",
         description="Compare MLflow runs: layer, depth, hidden channels, optimizer, learning "
         "rate, best validation value, epoch reached, images/s and status, plus a PNG of the "
-        "validation curves.",
+        "validation curves. With no selection: the experiment whose run started last.",
+        epilog="example: pixelrnn compare --experiment cifar10 --out compare.png",
     )
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--experiment", help="every training run of this MLflow experiment")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
+        "--experiment", help="every training run of this MLflow experiment (default: the "
+        "experiment whose run started last)",
+    )  # fmt: skip
     which.add_argument("--runs", nargs="+", metavar="ID", help="these MLflow runs")
     which.add_argument(
         "--parent", metavar="ID", help="the trials of this sweep run (the PNG is logged to it)"
@@ -41,8 +46,12 @@ def run(args: argparse.Namespace) -> str:
     from pipeline import compare, tracking  # imports MLflow: keep `pixelrnn --help` fast
 
     uri = tracking.resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri))
+    experiment = args.experiment
+    if not (experiment or args.runs or args.parent):
+        experiment = tracking.latest_experiment(uri)
     rows, table, png = compare.compare(
-        uri, args.metric, args.out, args.experiment, tuple(args.runs or ()), args.parent
+        uri, args.metric, args.out, experiment, tuple(args.runs or ()), args.parent
     )
     logged = f" (logged to run {args.parent})" if args.parent else ""
-    return f"{table}\n\n{len(rows)} runs; validation curves: {png}{logged}"
+    which = "" if args.experiment or args.runs or args.parent else f"experiment {experiment}: "
+    return f"{table}\n\n{which}{len(rows)} runs; validation curves: {png}{logged}"

@@ -22,11 +22,23 @@ SOURCES = {
     "folder": "any folder of PNG/JPEG images (sub-folders = classes), centre-cropped and resized",
     "builtin": "random crops of the photographs shipped with scikit-image (no download)",
 }
+EXAMPLES = {  # where to download each: docs/datasets.md
+    "cifar10": "--input cifar-10-batches-bin --output data/cifar10 --split val=data_batch_5.bin",
+    "imagenet32": "--input Imagenet32_train_npz --output data/imagenet32 --val-fraction 0.01",
+    "imagenet64": "--input Imagenet64_train_npz --output data/imagenet64 --val-fraction 0.01",
+    "binarized_mnist": "--input binarized_mnist_train_valid.npz --output data/mnist",
+    "folder": "--input my_photos --output data/my_photos --size 32 --val-fraction 0.05",
+    "builtin": "--output data/builtin-32",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `prepare` and one sub-command per source."""
-    parser = subparsers.add_parser("prepare", help=__doc__.splitlines()[0].split(": ", 1)[1])
+    parser = subparsers.add_parser(
+        "prepare", help=__doc__.splitlines()[0].split(": ", 1)[1],
+        epilog=f"example: pixelrnn prepare cifar10 {EXAMPLES['cifar10']} (download URLs and "
+        "sizes: docs/datasets.md)",
+    )  # fmt: skip
     sources = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -58,6 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             parents=[common] if name == "builtin" else [common, files],
             help=description,
             description=description,
+            epilog=f"example: pixelrnn prepare {name} {EXAMPLES[name]}",
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
         if name in ("folder", "builtin"):
@@ -96,9 +109,13 @@ def run(args: argparse.Namespace) -> str:
 def _prepare_to_uri(plan: SourcePlan, uri: str, force: bool, settings: dict) -> dict:
     """Prepare into a local scratch folder (under TMPDIR), then upload it to `uri`.
 
-    manifest.json goes up last: readers start from it, so they never see a partial dataset
-    (with `--force`, the old dataset is deleted before the new one is uploaded).
+    manifest.json goes up last, once every uploaded shard's sha256 has been read back and checked:
+    readers start from it, so they never see a partial or corrupted dataset (with `--force`, the
+    old dataset is deleted before the new one is uploaded).
     """
+    from pipeline.data import verify_uploaded
+
+    storage.require_bucket(uri)
     if storage.is_file(storage.join(uri, MANIFEST_NAME)):
         if not force:
             raise DataError(f"{uri}: already holds a prepared dataset; pass --force to replace it")
@@ -107,7 +124,8 @@ def _prepare_to_uri(plan: SourcePlan, uri: str, force: bool, settings: dict) -> 
     with tempfile.TemporaryDirectory(prefix="pixelrnn-prepare-") as scratch:
         local = Path(scratch) / "dataset"
         manifest = prepare(plan, local, **settings)
-        storage.upload_folder(local, uri, last=MANIFEST_NAME, replace=force)
+        storage.upload_folder(local, uri, last=MANIFEST_NAME, replace=force,
+                              check=lambda: verify_uploaded(uri, manifest))  # fmt: skip
     return manifest
 
 

@@ -1,4 +1,5 @@
-"""`pixelrnn sample --checkpoint PATH | --run-id ID --n 64 --out grid.png`: draw from a model."""
+"""`pixelrnn sample --checkpoint PATH | --run-id ID | --model-uri URI --n 64 --out grid.png`: draw
+images from a trained model."""
 
 from __future__ import annotations
 
@@ -13,14 +14,24 @@ from pipeline.errors import PixelRNNError
 
 
 def add_model_source(parser: argparse.ArgumentParser) -> None:
-    """`--checkpoint PATH` or `--run-id ID` (+ `--tracking-uri`): which trained model to use."""
+    """`--checkpoint PATH`, `--run-id ID` or `--model-uri URI` (+ `--tracking-uri`): which
+    trained model to use."""
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", type=Path, help="checkpoint folder or checkpoint.pt")
+    source.add_argument(
+        "--checkpoint",
+        help="checkpoint folder, checkpoint.pt or weights file; a local path or a URI (s3://...)",
+    )
     source.add_argument("--run-id", help="MLflow run whose best checkpoint to use")
+    source.add_argument(
+        "--model-uri",
+        help="MLflow model: models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model "
+        "(only its weights-only file is read; no code from the run is run)",
+    )
     parser.add_argument(
         "--tracking-uri",
         default="",
-        help="MLflow store of --run-id (default: MLFLOW_TRACKING_URI, else ./mlflow.db)",
+        help="MLflow store of --run-id / --model-uri (default: MLFLOW_TRACKING_URI, else "
+        "./mlflow.db)",
     )
 
 
@@ -28,10 +39,14 @@ def load_model(args: argparse.Namespace) -> tuple[TrainedModel, str]:
     """The trained model the arguments name, and the resolved tracking URI ("" without a run)."""
     if args.checkpoint is not None:
         return model_from_checkpoint(args.checkpoint), ""
-    from pipeline import tracking  # MLflow only when a run is named
+    from pipeline import tracking, tracking_models  # MLflow only when a run or model is named
 
     uri = tracking.resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri))
     with tempfile.TemporaryDirectory() as tmp:
+        if args.model_uri:
+            return model_from_checkpoint(
+                tracking_models.download_weights(args.model_uri, uri, tmp)
+            ), uri
         try:
             path = tracking.download_artifact(
                 uri, args.run_id, f"checkpoint/{CHECKPOINT_FILE}", tmp
@@ -48,6 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "sample", help="draw images from a trained model into a PNG grid",
         description="Draw images from a trained PixelRNN (ancestral sampling) into a PNG grid.",
+        epilog="example: pixelrnn sample --model-uri models:/pixelrnn-cifar10@champion --n 16 "
+        "--out samples.png",
     )  # fmt: skip
     add_model_source(parser)
     parser.add_argument("--n", type=int, default=64, help="number of images (default 64)")
@@ -81,9 +98,11 @@ def run(args: argparse.Namespace) -> str:
 
     if args.n < 1 or args.temperature <= 0:
         raise PixelRNNError("--n must be >= 1 and --temperature > 0")
-    trained, _ = load_model(args)
+    trained, tracking_uri = load_model(args)
     if args.complete_from is not None:  # the size comes from the images
-        return completion.run_completion(args, trained, torch.Generator().manual_seed(args.seed))
+        generator = torch.Generator().manual_seed(args.seed)
+        summary, grid = completion.run_completion(args, trained, generator)
+        return summary + _log_back(args, tracking_uri, trained, grid, "cli_completions")
     height, width = _size(args.size, trained)
     generator = torch.Generator().manual_seed(args.seed)
     with tqdm(total=height * width * trained.model.config.channels, unit="sub-pixel") as bar:
@@ -91,4 +110,17 @@ def run(args: argparse.Namespace) -> str:
                         temperature=args.temperature,
                         progress=lambda done, total: bar.update(done - bar.n))  # fmt: skip
     path = save_grid(pixels, trained.model.config.levels, args.out)  # pixels: (n, C, H, W)
-    return f"wrote {args.n} samples of {height}x{width} to {path}"
+    summary = f"wrote {args.n} samples of {height}x{width} to {path}"
+    return summary + _log_back(args, tracking_uri, trained, path, "cli_samples")
+
+
+def _log_back(args, tracking_uri: str, trained: TrainedModel, png: Path, key: str) -> str:
+    """With `--run-id`, the grid also goes to that run as an MLflow image under `key`, at the
+    checkpoint's step (beside the run's own `samples`)."""
+    if not args.run_id:
+        return ""
+    from pipeline.tracking import RunTracker
+
+    step = int(trained.metrics.get("step", 0))
+    RunTracker(tracking_uri, args.run_id).log_image(png, key=key, step=step)
+    return f" (logged to run {args.run_id} as image {key!r})"

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli_options import add_experiment_options
-from pipeline.config import load_config
+from pipeline.cli_options import add_experiment_options, load_experiment
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,13 +19,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "optim.lr=3e-4",
         "continue the run named by train.run_name (default: this experiment's latest run) "
         "from its last checkpoint, in the same MLflow run",
+        "pixelrnn train --config experiments/cifar10_row_lstm.yaml --set train.epochs=20",
     )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> str:
     """Train and describe the result: final metrics, checkpoint, and how to look at the run."""
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_experiment(args.config, args.overrides)
     from pipeline.train import run_training  # imports Ray: keep `pixelrnn --help` fast
 
     summary = run_training(cfg, resume=args.resume)
@@ -38,6 +38,8 @@ def run(args: argparse.Namespace) -> str:
         f"best checkpoint: {summary.best_checkpoint}",
         f"MLflow run {summary.mlflow_run_id} in {summary.tracking_uri}",
     ]
+    if summary.model_uri:
+        lines.append(f"MLflow model: {summary.model_uri} (pixelrnn evaluate --model-uri ...)")
     if summary.tracking_uri.startswith("sqlite:"):
         lines.append(f"view it with: mlflow ui --backend-store-uri {summary.tracking_uri}")
     if metrics.get("time/train_minutes") is not None:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli_options import add_experiment_options
-from pipeline.config import load_config
+from pipeline.cli_options import add_experiment_options, load_experiment
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,6 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "tune.grace_period_epochs=2",
         "continue the sweep named by tune.sweep_name (default: this experiment's latest) "
         "without rerunning finished trials",
+        "pixelrnn tune --config experiments/demo.yaml --space row_lstm --num-samples 8",
     )
     parser.add_argument(
         "--space",
@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-concurrent",
         type=int,
-        help="trials at once (tune.max_concurrent_trials; default: as many as the cluster holds)",
+        help="trials at once (tune.max_concurrent_trials; default: as many as the cluster holds "
+        "once its autoscaler has added every node it may; trials wait for those nodes)",
     )
     parser.set_defaults(func=run)
 
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> str:
         *args.overrides,
         *(f"{key}={value}" for key, value in flags.items() if value is not None),
     ]
-    cfg = load_config(args.config, overrides)
+    cfg = load_experiment(args.config, overrides)
     from pipeline.tune import run_sweep  # imports Ray: keep `pixelrnn --help` fast
 
     summary = run_sweep(cfg, resume=args.resume)

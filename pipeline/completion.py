@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pipeline import storage
 from pipeline.checkpointing import TrainedModel
 from pipeline.config import ExperimentConfig
 from pipeline.datasets.images import decode, list_images
@@ -30,7 +31,9 @@ logger = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`--complete-from DIR`, `--rows K`, `--split NAME`, `--completions M`."""
-    parser.add_argument("--complete-from", type=Path, help="prepared dataset or image folder")
+    parser.add_argument(
+        "--complete-from", help="prepared dataset (local folder or URI) or local image folder"
+    )
     parser.add_argument("--rows", type=int, default=16, help="rows kept when completing")
     parser.add_argument("--split", default="", help="split of a prepared dataset (default: val)")
     parser.add_argument("--completions", type=int, default=1, help="completions per image")
@@ -38,8 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_completion(
     args: argparse.Namespace, trained: TrainedModel, generator: torch.Generator
-) -> str:
-    """Complete `args.n` images of `args.complete_from` and write the three grids."""
+) -> tuple[str, Path]:
+    """Complete `args.n` images of `args.complete_from` and write the three grids.
+
+    Returns:
+        A one-line summary, and the completions grid's path.
+    """
     from tqdm import tqdm
 
     from pipeline.images import save_grid  # torchvision: only when writing
@@ -69,19 +76,21 @@ def run_completion(
             ("completions", completions),
         )
     ]
-    return f"completed {count} images below row {args.rows}: " + ", ".join(map(str, paths))
+    summary = f"completed {count} images below row {args.rows}: " + ", ".join(map(str, paths))
+    return summary, paths[-1]
 
 
-def load_images(root: Path, count: int, cfg: ExperimentConfig, split: str = "") -> Tensor:
+def load_images(root: str | Path, count: int, cfg: ExperimentConfig, split: str = "") -> Tensor:
     """The first `count` images of a prepared dataset or an image folder, as the model sees them.
 
     Returns:
         int64 (N, C, H, W) in [0, levels), centre-cropped to `data.crop_size` when it is set.
     """
-    if (root / MANIFEST_NAME).is_file():
+    root = str(root)
+    if storage.is_uri(root) or storage.is_file(storage.join(root, MANIFEST_NAME)):
         pixels = _prepared_images(root, count, split or cfg.data.val_split)
     else:
-        pixels = _folder_images(root, count, cfg.model.channels, cfg.model.levels)
+        pixels = _folder_images(Path(root), count, cfg.model.channels, cfg.model.levels)
     model = cfg.model
     if pixels.shape[1] != model.channels or int(pixels.max()) >= model.levels:
         raise DataError(
@@ -91,14 +100,14 @@ def load_images(root: Path, count: int, cfg: ExperimentConfig, split: str = "") 
     return center_crop(pixels, cfg.data.crop_size)
 
 
-def _prepared_images(root: Path, count: int, split: str) -> Tensor:
+def _prepared_images(root: str, count: int, split: str) -> Tensor:
     """The first `count` rows of `split`, read straight from its Parquet shards (no Ray)."""
     import pyarrow.parquet as pq
 
     from pipeline.data import decode_pixels, open_prepared
     from pipeline.datasets.manifest import resolve
 
-    dataset = open_prepared(str(root), verify_checksums=False)
+    dataset = open_prepared(root, verify_checksums=False)
     if split not in dataset.splits:
         raise DataError(f"{root}: no split {split!r} (this dataset has {dataset.splits})")
     filesystem, _ = resolve(dataset.root)

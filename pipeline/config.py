@@ -41,9 +41,12 @@ class DataConfig:
     """Where the prepared dataset lives and what the model sees of it."""
 
     path: str = "data/builtin-32"  # a folder written by `pixelrnn prepare`
-    train_split: str = "train"
-    val_split: str = "val"
+    train_split: str = "train"  # split the model is trained on
+    val_split: str = "val"  # split validated on each epoch (and `evaluate`'s default split)
     crop_size: int = 0  # centre-crop images to crop_size x crop_size (0: full images)
+    # At start, check every shard's sha256 too (reads the whole dataset once); by default only
+    # that each shard is there with its recorded size (`pixelrnn verify` runs the full check)
+    verify: bool = False
 
     def __post_init__(self) -> None:
         _at_least("data", self, 0, "crop_size")
@@ -53,20 +56,20 @@ class DataConfig:
 class OptimConfig:
     """Optimizer (RMSProp is the paper's choice, section 5.2), schedule and clipping."""
 
-    optimizer: str = "rmsprop"  # or "adam"
+    optimizer: str = "rmsprop"  # "rmsprop" (the paper's) or "adam"
     lr: float = 1e-3  # peak learning rate, reached at the end of warm-up
-    momentum: float = 0.0  # RMSProp
+    momentum: float = 0.0  # RMSProp's momentum
     rmsprop_alpha: float = 0.95  # RMSProp's squared-gradient decay
-    beta1: float = 0.9  # Adam
-    beta2: float = 0.999  # Adam
-    eps: float = 1e-8
-    weight_decay: float = 0.0
+    beta1: float = 0.9  # Adam's first-moment decay
+    beta2: float = 0.999  # Adam's second-moment decay
+    eps: float = 1e-8  # added to the denominator of RMSProp and Adam
+    weight_decay: float = 0.0  # L2 penalty added to the gradients
     warmup_steps: int = 0  # linear warm-up from 0 to lr over this many optimizer steps
     # "constant", "cosine" (to lr * min_lr_ratio at the last step) or "exponential"
     # (times decay_rate per epoch)
     schedule: str = "cosine"
-    min_lr_ratio: float = 0.0
-    decay_rate: float = 0.5
+    min_lr_ratio: float = 0.0  # the cosine schedule (and annealing) ends at lr * min_lr_ratio
+    decay_rate: float = 0.5  # the exponential schedule multiplies lr by this each epoch
     # With train.max_minutes: over the budget's last anneal_minutes the learning rate is also
     # multiplied by a cosine from 1 down to min_lr_ratio, by wall-clock time (a time budget has
     # no known last step). With schedule "constant" this is warmup-stable-decay; a run resumed
@@ -92,7 +95,7 @@ class OptimConfig:
 class TrainConfig:
     """The training loop and where its checkpoints go."""
 
-    epochs: int = 10
+    epochs: int = 10  # passes over the training split
     batch_size_per_worker: int = 16  # images per optimizer step on each worker
     max_steps_per_epoch: int = 0  # cut epochs short (0: the whole split)
     max_val_batches: int = 0  # batches per worker per validation (0: the whole split)
@@ -107,14 +110,18 @@ class TrainConfig:
     # natively (GPUs, CPUs with AVX-512 BF16 or AMX); "fp32": never. Losses stay float32.
     precision: str = "auto"
     compile: bool = False  # torch.compile the model (first steps slower while it compiles)
-    keep_best: int = 2  # checkpoints kept by lowest val bits/dim, besides the latest
+    keep_best: int = 2  # epoch-end checkpoints kept by lowest val bits/dim, besides the latest
+    # Rank 0 also checkpoints inside epochs at this interval of wall clock, recording how far
+    # into the epoch's data order training got (0: at epoch ends only). A preempted worker then
+    # costs at most this much training.
+    checkpoint_every_minutes: float = 0.0
     storage_path: str = "runs"  # folder of Ray Train runs
     run_name: str = ""  # folder under storage_path ("": experiment name + start time)
 
     def __post_init__(self) -> None:
         _at_least("train", self, 1, "epochs", "batch_size_per_worker", "keep_best")
         _at_least("train", self, 0, "max_steps_per_epoch", "max_val_batches", "report_every_steps",
-                  "interim_val_batches", "max_minutes")  # fmt: skip
+                  "interim_val_batches", "max_minutes", "checkpoint_every_minutes")  # fmt: skip
         _require("/" not in self.run_name, "train.run_name", "must not contain '/'")
         _require(
             self.precision in PRECISIONS,
@@ -127,30 +134,48 @@ class TrainConfig:
 class ScalingConfig:
     """Ray Train workers (DDP ranks) and failure handling."""
 
-    num_workers: int = 2
+    num_workers: int = 2  # Ray Train workers, one DDP rank each
     use_gpu: bool = False  # one GPU per worker and NCCL; otherwise CPU and gloo
-    cpus_per_worker: float = 1.0
+    # The Ray resource that marks a training node: each worker holds one. "GPU" means GPUs (held
+    # with use_gpu); another name is a custom resource the nodes declare, held whether or not
+    # use_gpu is set (e.g. "A100" with use_gpu, or a stand-in for GPUs on CPU-only test
+    # clusters without it, which then train on CPU and gloo).
+    accelerator_resource: str = "GPU"
+    cpus_per_worker: float = 1.0  # logical CPUs Ray reserves for each worker
     max_failures: int = 1  # worker-group restarts from the last checkpoint (-1: forever)
     ray_address: str = ""  # cluster to attach to ("": RAY_ADDRESS if set, else a local one)
 
     def __post_init__(self) -> None:
         _at_least("scaling", self, 1, "num_workers")
         _require(self.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be > 0")
+        _require(bool(self.accelerator_resource), "scaling.accelerator_resource",
+                 "must name a Ray resource, e.g. GPU")  # fmt: skip
         _at_least("scaling", self, -1, "max_failures")
+
+    def worker_resources(self) -> dict[str, float]:
+        """Ray resources one training worker holds, e.g. {"CPU": 1.0, "GPU": 1.0}."""
+        resources = {"CPU": self.cpus_per_worker}
+        if self.use_gpu:
+            resources["GPU"] = 1.0
+        if self.use_gpu or self.accelerator_resource != "GPU":
+            resources[self.accelerator_resource] = 1.0
+        return resources
 
 
 @dataclass(frozen=True)
 class TrackingConfig:
     """MLflow tracking and sample grids."""
 
-    tracking_uri: str = ""  # "": MLFLOW_TRACKING_URI if set, else ./mlflow.db
+    tracking_uri: str = ""  # MLflow store ("": MLFLOW_TRACKING_URI if set, else ./mlflow.db)
     # Artifact root of experiments this run creates (s3://..., a folder); "": next to a SQLite
     # store, else the tracking server's default. An existing experiment keeps its own.
     artifact_location: str = ""
-    experiment_name: str = "pixelrnn"  # also the prefix of generated run names
+    experiment_name: str = "pixelrnn"  # MLflow experiment; also the prefix of generated run names
     sample_every_epochs: int = 0  # sample grid every N epochs (0: after the last epoch only)
     num_samples: int = 16  # images per sample grid (0: no sample grids)
-    sample_temperature: float = 1.0
+    sample_temperature: float = 1.0  # softmax temperature of those samples (1: the model's own)
+    system_metrics: bool = True  # log CPU, memory, disk and GPU use of the driver's node
+    registered_model_name: str = ""  # also register the best model under this name ("": don't)
 
     def __post_init__(self) -> None:
         _require(bool(self.experiment_name), "tracking.experiment_name", "must not be empty")
@@ -166,7 +191,7 @@ class TuneConfig:
     num_samples: int = 8  # trials drawn from the space
     seed: int = 0  # seed of the random search: the same seed draws the same trials
     metric: str = "val/bits_per_dim"  # what ASHA and the best trial are judged by
-    mode: str = "min"  # or "max"
+    mode: str = "min"  # "min" or "max": whether a lower or a higher metric is better
     grace_period_epochs: int = 1  # ASHA stops no trial before this many epochs
     reduction_factor: int = 2  # each ASHA rung keeps the best 1/reduction_factor of trials
     max_concurrent_trials: int = 0  # 0: as many as the cluster's CPUs (and GPUs) hold
@@ -187,7 +212,7 @@ class TuneConfig:
 class ExperimentConfig:
     """Everything one training run needs; `preset` names the model size it starts from."""
 
-    preset: str = ""
+    preset: str = ""  # model size to start from, a name in pixelrnn_model.PRESETS ("": none)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -328,23 +353,41 @@ def parse_overrides(items: Iterable[str]) -> dict[str, str]:
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """An experiment file's deltas as a flat dotted dict."""
-    path = Path(path)
     try:
-        loaded = yaml.safe_load(path.read_text())
+        text = Path(path).read_text()
     except OSError as error:
         raise ConfigError(f"{path}: cannot read config ({error.strerror})") from None
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, where: str) -> dict[str, Any]:
+    """An experiment file's text (read from `where`) as a flat dotted dict of its deltas."""
+    try:
+        loaded = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        raise ConfigError(f"{where}: not valid YAML ({str(error).splitlines()[0]})") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+        raise ConfigError(f"{where}: expected a mapping of config keys at the top level")
     return flatten(loaded)
 
 
-def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> ExperimentConfig:
-    """An experiment file (None: defaults only) with `--set` overrides applied on top."""
-    layers = [read_yaml(path)] if path is not None else []
+def load_config(
+    path: str | Path | None, overrides: Iterable[str] = (), text: str | None = None
+) -> ExperimentConfig:
+    """An experiment file (None: defaults only) with `--set` overrides applied on top.
+
+    Args:
+        path: the file, or where `text` was read from.
+        overrides: `dotted.key=value` items.
+        text: the file's contents when the caller read it (from a URI); else `path` is read.
+    """
+    layers = []
+    if text is not None:
+        layers = [parse_yaml(text, str(path))]
+    elif path is not None:
+        layers = [read_yaml(path)]
     return merge([*layers, parse_overrides(overrides)])
 
 

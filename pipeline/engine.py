@@ -2,7 +2,9 @@
 
 Section 5 of van den Oord et al. (2016): RMSProp, negative log-likelihood in bits per sub-pixel
 (nats per image for binarized data). Works unchanged in one process or under DDP: cross-rank
-sums go through `torch.distributed` only when a process group exists.
+sums go through `torch.distributed` only when a process group exists. (Over 400 lines: the step,
+the epoch loop and the two clocks every rank must agree on, time budget and mid-epoch
+checkpoints, share the same collectives.)
 """
 
 from __future__ import annotations
@@ -244,13 +246,18 @@ def evaluate(
 
 @dataclass
 class TrainMeter:
-    """Accumulates step results between two reports."""
+    """Accumulates step results between two reports.
+
+    A meter restored from a mid-epoch checkpoint starts from totals over all ranks
+    (`carrying`); its `carried_images` stay out of the throughput of this attempt.
+    """
 
     nats: float = 0.0
     images: int = 0
     subpixels: int = 0
     steps: int = 0
     grad_norm_sum: float = 0.0
+    carried_images: int = 0
     started: float = field(default_factory=time.perf_counter)
 
     def add(self, result: StepResult) -> None:
@@ -266,20 +273,61 @@ class TrainMeter:
         """This rank's mean training bits/dim so far."""
         return self.nats / max(self.subpixels, 1) / math.log(2.0)
 
+    def _reduced(self, device: torch.device | str) -> list[float]:
+        local = [self.nats, self.images, self.subpixels, self.grad_norm_sum, self.steps,
+                 self.images - self.carried_images]  # fmt: skip
+        return all_reduce_sum(torch.tensor(local, dtype=torch.float64, device=device)).tolist()
+
+    def totals(self, device: torch.device | str = "cpu") -> list[float]:
+        """[nats, images, sub-pixels, grad norm sum, steps] over all ranks (a collective)."""
+        return self._reduced(device)[:5]
+
+    @classmethod
+    def carrying(cls, totals: list[float] | tuple[float, ...]) -> TrainMeter:
+        """A meter that starts from `totals()` of an earlier attempt (empty: from zero)."""
+        if not totals:
+            return cls()
+        nats, images, subpixels, grad_norm_sum, steps = totals
+        return cls(nats, int(images), int(subpixels), int(steps), grad_norm_sum, int(images))
+
     def summary(self, lr: float, device: torch.device | str = "cpu") -> dict[str, float]:
         """Metrics over all ranks since the last reset (a collective under DDP)."""
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        local = [self.nats, self.images, self.subpixels, self.grad_norm_sum, self.steps]
-        nats, images, subpixels, grad_norm_sum, steps = all_reduce_sum(
-            torch.tensor(local, dtype=torch.float64, device=device)
-        ).tolist()
+        nats, images, subpixels, grad_norm_sum, steps, new_images = self._reduced(device)
         return {
             "train/bits_per_dim": nats / max(subpixels, 1) / math.log(2.0),
             "train/nll_nats": nats / max(images, 1),
             "train/grad_norm": grad_norm_sum / max(steps, 1),
             "train/lr": lr,
-            "throughput/images_per_s": images / elapsed,
+            "throughput/images_per_s": new_images / elapsed,
         }
+
+
+class CheckpointTimer:
+    """Says when a mid-epoch checkpoint is due, the same on every DDP rank.
+
+    Every `minutes` of wall clock (0: never). Each rank reads its own clock and `due()`
+    all-reduces the verdict, so all ranks checkpoint (and report) after the same step.
+    """
+
+    def __init__(self, minutes: float, device: torch.device):
+        self.interval_s = minutes * 60.0
+        self.device = device
+        self.restart()
+
+    def restart(self) -> None:
+        """Count the interval from now (after any checkpoint)."""
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        """Whether the interval has passed on any rank (collective: call it on every rank)."""
+        if not self.interval_s:
+            return False
+        late = float(time.monotonic() - self.last >= self.interval_s)
+        if not all_reduce_sum(torch.tensor([late], dtype=torch.float64, device=self.device)):
+            return False
+        self.restart()
+        return True
 
 
 def train_epoch(
@@ -295,42 +343,60 @@ def train_epoch(
     bf16: bool = False,
     log_progress: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    start_batch: int = 0,
+    meters: tuple[float, ...] = (),
+    on_checkpoint: Callable[[int, int, tuple[float, ...]], None] | None = None,
+    checkpoint_due: Callable[[], bool] | None = None,
 ) -> tuple[int, dict[str, float]]:
     """Train over `batches` once, setting the scheduled learning rate before every step.
 
     Args:
         model, optimizer, cfg, bf16: as for `train_step`.
-        batches: int64 (B, C, H, W) pixel batches.
+        batches: int64 (B, C, H, W) pixel batches: the epoch's batches from `start_batch` on.
         schedule: optimizer step -> learning rate.
-        start_step: optimizer steps taken before this epoch.
-        max_steps: stop after this many steps (0: all batches).
-        report_every: call `on_report(step, metrics)` every this many steps (0: never).
+        start_step: optimizer steps taken before the first of `batches`.
+        max_steps: end the epoch at this many batches, those before `start_batch` included
+            (0: all batches).
+        report_every: call `on_report(step, metrics)` after every this many batches of the
+            epoch (0: never).
         log_progress: log a running loss every `PROGRESS_EVERY_S` seconds.
         should_stop: asked before every step but the first; True ends the epoch there (a spent
             time budget).
+        start_batch: batches of this epoch trained before (a run resumed mid-epoch).
+        meters: with `start_batch`, the epoch's and the report interval's `TrainMeter.totals()`
+            at that point (10 numbers; give them on one rank only, as they are over all ranks).
+        on_checkpoint: called as `on_checkpoint(step, batches done in the epoch, meters)` on
+            every rank after a step for which `checkpoint_due()` (asked after every step but
+            the epoch's last) is True.
 
     Returns:
         (optimizer steps taken in total, the epoch's metrics over all ranks).
     """
     device = next(model.parameters()).device
-    epoch_meter, interval_meter = TrainMeter(), TrainMeter()
     step, lr, last_log = start_step, schedule(start_step), time.perf_counter()
-    for index, pixels in enumerate(batches):
-        if max_steps and index >= max_steps:
+    epoch_meter, interval_meter = TrainMeter(), TrainMeter()
+    for position, pixels in enumerate(batches, start=start_batch):
+        first = position == start_batch
+        if max_steps and position >= max_steps:
             break
-        if index and should_stop is not None and should_stop():  # every epoch takes a step
+        if not first and should_stop is not None and should_stop():  # every epoch takes a step
             break
-        if index == 0:  # throughput counts from the first batch, not the pipeline's start-up
-            epoch_meter, interval_meter = TrainMeter(), TrainMeter()
+        if first:  # throughput counts from the first batch, not the pipeline's start-up
+            epoch_meter = TrainMeter.carrying(meters[:5])
+            interval_meter = TrainMeter.carrying(meters[5:])
         lr = schedule(step)
         set_learning_rate(optimizer, lr)
         result = train_step(model, pixels, optimizer, cfg, bf16)
         epoch_meter.add(result)
         interval_meter.add(result)
         step += 1
-        if report_every and on_report is not None and interval_meter.steps == report_every:
+        if report_every and on_report is not None and (position + 1) % report_every == 0:
             on_report(step, interval_meter.summary(lr, device))
             interval_meter = TrainMeter()
+        last = bool(max_steps) and position + 1 >= max_steps
+        if on_checkpoint and checkpoint_due and not last and checkpoint_due():
+            state = (*epoch_meter.totals(device), *interval_meter.totals(device))
+            on_checkpoint(step, position + 1, state)
         if log_progress and time.perf_counter() - last_log > PROGRESS_EVERY_S:
             last_log = time.perf_counter()
             logger.info("step %d: %.4f bits/dim (epoch so far)", step, epoch_meter.bits_per_dim)

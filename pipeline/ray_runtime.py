@@ -4,6 +4,8 @@ Under `ray job submit` / `ray submit` (RAY_ADDRESS set, or `address="auto"` aske
 to the running cluster and pass no resource arguments. Otherwise a local cluster is started with
 the dashboard bound to 127.0.0.1 (Ray Train's placement-group cleanup needs its State API) and
 more logical CPUs than cores, so Ray Data's read tasks never starve training workers.
+`cluster_capacity` tells what the cluster can grow to (its autoscaler's node types), and
+`WaitForNodesLog` says what a run waits for while its workers cannot start.
 """
 
 from __future__ import annotations
@@ -11,8 +13,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+from pathlib import Path
 
 import ray
+import ray.util
+import yaml
+
+from pipeline import capacity
 
 logger = logging.getLogger(__name__)
 
@@ -99,3 +107,102 @@ def connect(
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
+
+
+# Where `ray up` leaves the cluster config on the head (Ray Tune reads it to tell an autoscaling
+# cluster too); its `available_node_types` are what the autoscaler can add.
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
+WAIT_LOG_EVERY_S = 30.0
+
+
+def cluster_capacity() -> capacity.Capacity:
+    """The connected cluster's live nodes, and the node types its autoscaler can add: those the
+    cluster reports to the GCS (KubeRay, autoscaler v2), else `BOOTSTRAP_CONFIG`'s."""
+    nodes = tuple(
+        {name: float(amount) for name, amount in node["Resources"].items()}
+        for node in ray.nodes()
+        if node["Alive"]
+    )
+    node_types = _reported_node_types() or _bootstrap_node_types()
+    unknown = [kind.name for kind in node_types if not kind.resources]
+    if unknown:
+        logger.warning("autoscaler node types %s declare no resources: sizing by the nodes up, "
+                       "and no request is refused", unknown)  # fmt: skip
+    return capacity.Capacity(nodes, node_types, known=not unknown)
+
+
+def _reported_node_types() -> tuple[capacity.NodeType, ...]:
+    try:
+        config = ray._private.state.state.get_cluster_config()  # Ray pinned: a private API
+    except Exception:  # an older GCS, or none reported
+        return ()
+    if config is None:
+        return ()
+    return tuple(
+        capacity.NodeType(group.name, dict(group.resources), group.max_count)
+        for group in config.node_group_configs
+        if group.max_count > 0
+    )
+
+
+def _bootstrap_node_types() -> tuple[capacity.NodeType, ...]:
+    path = Path(BOOTSTRAP_CONFIG).expanduser()
+    if not path.is_file():
+        return ()
+    config = yaml.safe_load(path.read_text()) or {}
+    head = config.get("head_node_type")
+    return tuple(
+        capacity.NodeType(name, {k: float(v) for k, v in (kind.get("resources") or {}).items()},
+                          int(kind.get("max_workers", 0)))
+        for name, kind in (config.get("available_node_types") or {}).items()
+        if name != head and kind.get("max_workers", 0) > 0
+    )  # fmt: skip
+
+
+class WaitForNodesLog:
+    """While a worker group waits for nodes, log what it waits for every `WAIT_LOG_EVERY_S`.
+
+    A driver-side thread: it looks for pending placement groups whose bundles are this run's
+    workers (Ray Train reserves its workers as one placement group), so it speaks only while the
+    group cannot start, including after a node is lost.
+    """
+
+    def __init__(self, per_worker: dict[str, float], workers: int, grows: capacity.Capacity):
+        self.per_worker, self.workers, self.grows = per_worker, workers, grows
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="wait-for-nodes", daemon=True)
+
+    def __enter__(self) -> WaitForNodesLog:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop.set()
+
+    def _run(self) -> None:
+        while not self.stop.wait(WAIT_LOG_EVERY_S):
+            try:
+                if self.waiting():
+                    logger.info(self.message())
+            except Exception:  # the log line is a courtesy: never let it break the run
+                logger.debug("could not read the placement groups", exc_info=True)
+
+    def waiting(self) -> bool:
+        """Whether a placement group for this run's workers is pending."""
+        wanted = {k: v for k, v in self.per_worker.items() if v}
+        for group in ray.util.placement_group_table().values():
+            bundles = list(group.get("bundles", {}).values())
+            if (
+                group.get("state") == "PENDING"
+                and len(bundles) == self.workers
+                and all({k: v for k, v in bundle.items() if v} == wanted for bundle in bundles)
+            ):
+                return True
+        return False
+
+    def message(self) -> str:
+        """What the run waits for, what is free now and what the autoscaler can add."""
+        return (f"waiting for nodes: {self.workers} training workers x "
+                f"{capacity.describe(self.per_worker)}; free now "
+                f"{capacity.describe(ray.available_resources())}; the autoscaler can add "
+                f"{self.grows.describe_types()}")  # fmt: skip

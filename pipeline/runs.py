@@ -27,7 +27,7 @@ RECORD_FILE = "pixelrnn_run.json"
 # other hardware, another place to look at it.
 RESUMABLE_CHANGES = (
     "train.epochs", "train.max_minutes", "optim.anneal_minutes", "scaling.",
-    "tracking.sample_every_epochs",
+    "tracking.sample_every_epochs", "data.verify", "train.checkpoint_every_minutes",
 )  # fmt: skip
 
 
@@ -54,6 +54,7 @@ class TrainingSummary:
     metrics: dict[str, Any]
     best_checkpoint: str
     warning: str = ""  # a sanity check's verdict on the final metrics (see pipeline.sanity)
+    model_uri: str = ""  # the logged MLflow model: models:/<name>/<version> or models:/<id>
 
 
 @dataclass(frozen=True)
@@ -86,24 +87,10 @@ def storage_location(cfg: ExperimentConfig) -> str:
     """`train.storage_path` as an absolute folder (Ray changes workers' working directory) or a
     URI. Multi-node runs need storage every node reaches: `s3://`, `gs://` or a shared mount."""
     try:
-        storage.filesystem(cfg.train.storage_path)
+        storage.require_bucket(cfg.train.storage_path)
     except PixelRNNError as error:
         raise ConfigError(f"train.storage_path: {error}") from None
     return storage.normalize(cfg.train.storage_path)
-
-
-def storage_root(cfg: ExperimentConfig) -> Path:
-    """`train.storage_path` as an absolute local folder, for callers that need a `Path`.
-
-    Raises:
-        ConfigError: it is a URI (`storage_location` accepts those).
-    """
-    if storage.is_uri(cfg.train.storage_path):
-        raise ConfigError(
-            f"train.storage_path: {cfg.train.storage_path}: this command needs a local or "
-            "mounted folder (pixelrnn train accepts s3:// and gs:// URIs)"
-        )
-    return Path(storage.normalize(cfg.train.storage_path))
 
 
 def new_run_name(cfg: ExperimentConfig) -> str:
@@ -126,23 +113,14 @@ def check_new_run(cfg: ExperimentConfig, name: str) -> None:
 def find_run_to_resume(cfg: ExperimentConfig) -> RunRecord:
     """The run named by `train.run_name`, else the latest run of this experiment."""
     root = storage_location(cfg)
-    if cfg.train.run_name:
-        names = [cfg.train.run_name]
-    else:
-        prefix = f"{cfg.tracking.experiment_name}-"
-        records = {
-            name: storage.join(root, name, RECORD_FILE)
-            for name in storage.subfolders(root)
-            if name.startswith(prefix)
-        }
-        started = [name for name, record in records.items() if storage.is_file(record)]
-        names = sorted(started, key=lambda name: storage.modified_s(records[name]))[-1:]
-    if not names or not storage.is_file(storage.join(root, names[0], RECORD_FILE)):
+    prefix = f"{cfg.tracking.experiment_name}-"
+    name = cfg.train.run_name or storage.latest_with(root, prefix, RECORD_FILE)
+    if not name or not storage.is_file(storage.join(root, name, RECORD_FILE)):
         raise ConfigError(
             f"--resume: no run of experiment {cfg.tracking.experiment_name!r} "
             f"(train.run_name={cfg.train.run_name!r}) found in {root}"
         )
-    record = RunRecord.load(storage.join(root, names[0]))
+    record = RunRecord.load(storage.join(root, name))
     _check_same_experiment(ExperimentConfig.from_dict(record.config), cfg)
     return record
 
@@ -156,8 +134,9 @@ def _check_same_experiment(before: ExperimentConfig, after: ExperimentConfig) ->
     if changed:
         raise ConfigError(
             f"--resume: config differs from the run being resumed in {', '.join(changed)}; "
-            "only train.epochs, train.max_minutes, optim.anneal_minutes, scaling.* and "
-            "tracking.sample_every_epochs may change"
+            "only train.epochs, train.max_minutes, optim.anneal_minutes, scaling.*, "
+            "tracking.sample_every_epochs, data.verify and train.checkpoint_every_minutes may "
+            "change"
         )
 
 
@@ -204,6 +183,8 @@ def start_new_run(cfg: ExperimentConfig, dataset: PreparedDataset, plan: RunPlan
                "train_images": dataset.count(cfg.data.train_split)}  # fmt: skip
     tracker = tracking.start_run(cfg, name, tags, derived)
     tracker.log_dict(dataset.manifest, "dataset/manifest.json")
+    tracker.log_dataset(dataset.manifest, dataset.root, cfg.data.train_split, "training")
+    tracker.log_dataset(dataset.manifest, dataset.root, cfg.data.val_split, "validation")
     record = RunRecord(name, root, tracker.tracking_uri, tracker.run_id, cfg.to_dict())
     record.save()
     return record, tracker

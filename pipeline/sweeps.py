@@ -1,8 +1,9 @@
 """Sweeps before and after Ray Tune: sizing trials to the cluster, the sweep folder, best config.
 
-A sweep lives in `<train.storage_path>/<sweep name>/`: Tune's experiment folder, with our
-`pixelrnn_sweep.json` (the configs and the MLflow parent run, so `--resume` continues the same
-sweep), each trial's Ray Train run under `train/<trial id>/`, and `best_experiment.yaml`.
+A sweep lives in `<train.storage_path>/<sweep name>/` (a local folder or an `s3://`/`gs://` URI):
+Tune's experiment folder, with our `pixelrnn_sweep.json` (the configs and the MLflow parent run, so
+`--resume` continues the same sweep), each trial's Ray Train run under `train/<trial id>/`, and
+`best_experiment.yaml`.
 """
 
 from __future__ import annotations
@@ -10,15 +11,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pipeline import runs, tracking
+from pipeline import runs, storage, tracking
 from pipeline.config import ExperimentConfig, changed_keys, merge
 from pipeline.errors import ConfigError
 
@@ -47,15 +46,19 @@ def size_trials(cfg: ExperimentConfig, cluster: dict[str, float]) -> TrialSizing
 
     Args:
         cfg: the sweep's base config (`scaling` and `tune` sections).
-        cluster: the Ray cluster's total resources, as `ray.cluster_resources()` returns them.
+        cluster: the Ray cluster's total resources, as far as it can grow
+            (`capacity.Capacity.most()`; a fixed cluster's `ray.cluster_resources()`).
 
     Raises:
         ConfigError: one trial, or `tune.max_concurrent_trials` trials, need more than the cluster.
     """
     scaling, tune = cfg.scaling, cfg.tune
     cpus = tune.trial_driver_cpus + scaling.num_workers * scaling.cpus_per_worker + tune.data_cpus
-    gpus = float(scaling.num_workers) if scaling.use_gpu else 0.0
-    have_cpus, have_gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
+    accelerator = scaling.accelerator_resource  # "GPU", or the custom resource standing for it
+    held = accelerator in scaling.worker_resources()
+    gpus = float(scaling.num_workers) if held else 0.0
+    have_cpus, have_gpus = cluster.get("CPU", 0.0), cluster.get(accelerator, 0.0)
+    unit = "GPUs" if accelerator == "GPU" else repr(accelerator)
     needs = (
         f"{tune.trial_driver_cpus:g} for its driver (tune.trial_driver_cpus) + "
         f"{scaling.num_workers} workers x {scaling.cpus_per_worker:g} (scaling.num_workers, "
@@ -68,7 +71,7 @@ def size_trials(cfg: ExperimentConfig, cluster: dict[str, float]) -> TrialSizing
         )
     if gpus > have_gpus + 1e-9:
         raise ConfigError(
-            f"scaling.num_workers: one trial needs {gpus:g} GPUs (one per worker), but the Ray "
+            f"scaling.num_workers: one trial needs {gpus:g} {unit} (one per worker), but the Ray "
             f"cluster has {have_gpus:g}"
         )
     fit = math.floor(have_cpus / cpus + 1e-9)
@@ -78,8 +81,8 @@ def size_trials(cfg: ExperimentConfig, cluster: dict[str, float]) -> TrialSizing
         raise ConfigError(
             f"tune.max_concurrent_trials: {tune.max_concurrent_trials} trials at once need "
             f"{tune.max_concurrent_trials * cpus:g} CPUs and {tune.max_concurrent_trials * gpus:g}"
-            f" GPUs ({needs} CPUs each), but the Ray cluster has {have_cpus:g} CPUs and "
-            f"{have_gpus:g} GPUs: at most {fit} fit"
+            f" {unit} ({needs} CPUs each), but the Ray cluster has {have_cpus:g} CPUs and "
+            f"{have_gpus:g} {unit}: at most {fit} fit"
         )
     concurrent = min(tune.max_concurrent_trials or fit, tune.num_samples)
     return TrialSizing(cpus, gpus, concurrent)
@@ -90,7 +93,7 @@ class SweepRecord:
     """What a sweep's trials and `--resume` need, saved in the sweep folder."""
 
     name: str
-    storage_path: str  # absolute; the sweep folder is storage_path/name
+    storage_path: str  # absolute folder or URI; the sweep folder is storage_path/name
     tracking_uri: str
     parent_run_id: str
     space: str
@@ -98,19 +101,19 @@ class SweepRecord:
     trial_config: dict  # the same with absolute paths: what every trial starts from
 
     @property
-    def directory(self) -> Path:
-        return Path(self.storage_path) / self.name
+    def directory(self) -> str:
+        """The sweep folder, a local path or a URI."""
+        return storage.join(self.storage_path, self.name)
 
     def save(self) -> None:
         """Write the record atomically into the sweep folder."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        partial = self.directory / f".{RECORD_FILE}.partial"
-        partial.write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
-        os.replace(partial, self.directory / RECORD_FILE)
+        text = json.dumps(asdict(self), indent=2, sort_keys=True)
+        storage.write_text(storage.join(self.directory, RECORD_FILE), text)
 
     @classmethod
-    def load(cls, directory: Path) -> SweepRecord:
-        return cls(**json.loads((directory / RECORD_FILE).read_text()))
+    def load(cls, directory: str) -> SweepRecord:
+        """The record in a sweep folder (local path or URI)."""
+        return cls(**json.loads(storage.read_text(storage.join(directory, RECORD_FILE))))
 
 
 def new_sweep_name(cfg: ExperimentConfig) -> str:
@@ -122,10 +125,10 @@ def new_sweep_name(cfg: ExperimentConfig) -> str:
 
 def check_new_sweep(cfg: ExperimentConfig, name: str) -> None:
     """A new sweep must not land in an existing folder (Tune would mix two experiments)."""
-    folder = runs.storage_root(cfg) / name
-    if folder.exists() and any(folder.iterdir()):
+    root = runs.storage_location(cfg)
+    if storage.has_contents(storage.join(root, name)):
         raise ConfigError(
-            f"tune.sweep_name: sweep {name!r} already exists in {folder.parent}; "
+            f"tune.sweep_name: sweep {name!r} already exists in {root}; "
             "pass --resume to continue it or choose another name"
         )
 
@@ -136,23 +139,19 @@ def find_sweep_to_resume(cfg: ExperimentConfig) -> SweepRecord:
     Raises:
         ConfigError: there is none, or the config differs from the one the sweep started with.
     """
-    root = runs.storage_root(cfg)
-    if cfg.tune.sweep_name:
-        candidates = [root / cfg.tune.sweep_name]
-    else:
-        pattern = f"{cfg.tracking.experiment_name}-sweep-*"
-        candidates = sorted(
-            (p for p in root.glob(pattern) if (p / RECORD_FILE).is_file()),
-            key=lambda p: (p / RECORD_FILE).stat().st_mtime,
-        )[-1:]
-    if not candidates or not (candidates[0] / RECORD_FILE).is_file():
+    root = runs.storage_location(cfg)
+    prefix = f"{cfg.tracking.experiment_name}-sweep-"
+    name = cfg.tune.sweep_name or storage.latest_with(root, prefix, RECORD_FILE)
+    if not name or not storage.is_file(storage.join(root, name, RECORD_FILE)):
         raise ConfigError(
             f"--resume: no sweep of experiment {cfg.tracking.experiment_name!r} "
             f"(tune.sweep_name={cfg.tune.sweep_name!r}) found in {root}"
         )
-    record = SweepRecord.load(candidates[0])
+    record = SweepRecord.load(storage.join(root, name))
     before = ExperimentConfig.from_dict(record.config)
-    changed = [key for key in changed_keys(before, cfg) if key != "tune.sweep_name"]
+    changed = [
+        key for key in changed_keys(before, cfg) if key not in ("tune.sweep_name", "data.verify")
+    ]
     if changed:
         raise ConfigError(
             f"--resume: config differs from the sweep being resumed in {', '.join(changed)}; "
@@ -161,11 +160,12 @@ def find_sweep_to_resume(cfg: ExperimentConfig) -> SweepRecord:
     return record
 
 
-def trial_base(cfg: ExperimentConfig, sweep_dir: Path, tracking_uri: str) -> ExperimentConfig:
-    """The sweep's config as trials see it: absolute paths (Tune changes their working folder)."""
+def trial_base(cfg: ExperimentConfig, sweep_dir: str, tracking_uri: str) -> ExperimentConfig:
+    """The sweep's config as trials see it: absolute paths (Tune changes their working folder)
+    or URIs."""
     return merge([cfg.to_flat(), {
-        "data.path": str(Path(cfg.data.path).expanduser().resolve()),
-        "train.storage_path": str(sweep_dir / TRAIN_FOLDER),
+        "data.path": storage.normalize(cfg.data.path),
+        "train.storage_path": storage.join(sweep_dir, TRAIN_FOLDER),
         "tracking.tracking_uri": tracking_uri,
     }])  # fmt: skip
 
@@ -199,11 +199,10 @@ def best_experiment(config: dict, params: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def write_best_experiment(path: Path, experiment: dict[str, Any], header: list[str]) -> Path:
-    """Write an experiment YAML with a comment header saying where it came from."""
+def best_experiment_text(experiment: dict[str, Any], header: list[str]) -> str:
+    """An experiment YAML with a comment header saying where it came from."""
     comments = "".join(f"# {line}\n" for line in header)
-    path.write_text(comments + yaml.safe_dump(experiment, sort_keys=False))
-    return path
+    return comments + yaml.safe_dump(experiment, sort_keys=False)
 
 
 def settle_stopped_trials(record: SweepRecord) -> list[tracking.RunSummary]:

@@ -1,6 +1,7 @@
-"""MLflow tracking (the only importer of mlflow). One path: the driver opens the run and logs
-config, tags and provenance; a Ray Train callback on the controller (on the driver's node) logs
-reports and sample grids; workers never touch MLflow, so a local store serves multi-node runs.
+"""MLflow tracking (with tracking_models.py, the only importers of mlflow). One path: the driver
+opens the run and logs config, tags, provenance, the dataset inputs and system metrics; a Ray
+Train callback on the controller (on the driver's node) logs reports and sample grids (as MLflow
+images with steps); workers never touch MLflow, so a local store serves multi-node runs.
 Store: MLFLOW_TRACKING_URI, else `tracking.tracking_uri`, else `sqlite:///<cwd>/mlflow.db` with
 artifacts in `<cwd>/mlruns` (view: `mlflow ui --backend-store-uri sqlite:///mlflow.db`), or in
 `tracking.artifact_location` for experiments created with one set.
@@ -15,6 +16,7 @@ import math
 import os
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -96,6 +98,63 @@ def _dataset_name(manifest: dict, data_root: str) -> str:
     return sanity.dataset_name(manifest) or Path(data_root).name
 
 
+DIGEST_CHARS = 32  # of the manifest's sha256 (MLflow's digest limit is 36)
+
+
+def dataset_entity(manifest: dict, data_root: str, split: str):
+    """One split as an `mlflow.entities.Dataset`: name `<dataset>/<split>`, source `data_root`,
+    digest from the manifest's sha256, and a profile of split, image shape and counts."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import Dataset
+
+    sha256 = manifest_sha256(manifest)
+    height, width, channels = manifest["shape"]
+    splits = manifest.get("splits", {})
+    profile = {
+        "split": split,
+        "images": splits.get(split, {}).get("count"),
+        "counts": {name: entry.get("count") for name, entry in splits.items()},
+        "image_shape": [channels, height, width],  # (C, H, W) of the stored images
+        "levels": manifest.get("levels"),
+        "manifest_sha256": sha256,
+    }
+    name = f"{_dataset_name(manifest, data_root)}/{split}"
+    with warnings.catch_warnings():  # MLflow 3.17 registers its local source type twice
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interp")
+        source = resolve_dataset_source(str(data_root))
+    meta = MetaDataset(source, name=name, digest=sha256[:DIGEST_CHARS]).to_dict()
+    return Dataset(name=meta["name"], digest=meta["digest"], source_type=meta["source_type"],
+                   source=meta["source"], profile=json.dumps(profile))  # fmt: skip
+
+
+class SystemMetrics:
+    """MLflow's system metrics (CPU, memory, disk, network; GPU with `nvidia-ml-py`) of this
+    node, sampled every 10 s by a thread into `system/...` metrics of one run."""
+
+    def __init__(self, tracker: RunTracker, enabled: bool, resumed: bool = False):
+        self.monitor = None
+        if not enabled:
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        try:
+            self.monitor = SystemMetricsMonitor(
+                tracker.run_id, resume_logging=resumed, tracking_uri=tracker.tracking_uri
+            )
+        except ImportError as error:  # psutil is a dependency; say so if it went missing
+            logger.warning("no system metrics: %s", error)
+
+    def __enter__(self) -> SystemMetrics:
+        if self.monitor is not None:
+            self.monitor.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.monitor is not None:
+            self.monitor.finish()
+
+
 @dataclass
 class RunTracker:
     """Logs to one MLflow run; picklable (only the URI and run id travel to Ray actors)."""
@@ -143,6 +202,32 @@ class RunTracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Copy one file into the run's artifacts."""
         self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_image(self, png: str | Path, key: str, step: int) -> None:
+        """Log a PNG as an MLflow image under `key` at `step`: the run page shows each key as a
+        panel with a step slider, and the compare view puts runs' images side by side."""
+        from PIL import Image
+
+        with Image.open(png) as image:
+            self.client.log_image(self.run_id, image.convert("RGB"), key=key, step=step,
+                                  synchronous=True)  # fmt: skip
+
+    def log_dataset(self, manifest: dict, data_root: str, split: str, context: str) -> None:
+        """Log one split of a prepared dataset as a run input (the run page's Datasets column).
+
+        Args:
+            manifest: the dataset's manifest.json; its sha256 identifies the dataset (MLflow
+                caps digests at 36 characters, so the digest is its first DIGEST_CHARS hex digits;
+                the profile and the `dataset.manifest_sha256` tag carry the whole hash).
+            data_root: where the dataset lives (a folder or a URI): the dataset's source.
+            split: the split read (its image count goes into the profile).
+            context: MLflow's input context: "training" or "validation".
+        """
+        from mlflow.entities import DatasetInput, InputTag
+
+        dataset = dataset_entity(manifest, data_root, split)
+        tag = InputTag(key="mlflow.data.context", value=context)
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags=[tag])])
 
     def log_dict(self, data: dict, artifact_file: str) -> None:
         """Store a dict as a JSON artifact."""
@@ -257,6 +342,24 @@ def find_runs(
             experiment_ids, query = [experiment.experiment_id], ""
         found = client.search_runs(experiment_ids, query, order_by=["attributes.start_time ASC"])
     return [_summary(run) for run in found]
+
+
+def latest_experiment(tracking_uri: str) -> str:
+    """The name of the experiment whose run started last (what `compare` shows by default).
+
+    Raises:
+        PixelRNNError: the store has no runs.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiments = {e.experiment_id: e.name for e in client.search_experiments()}
+    latest = client.search_runs(
+        list(experiments), order_by=["attributes.start_time DESC"], max_results=1
+    )
+    if not latest:
+        raise PixelRNNError(f"no MLflow runs in {tracking_uri} to compare")
+    return experiments[latest[0].info.experiment_id]
 
 
 def _get_run(client, run_id: str, tracking_uri: str):

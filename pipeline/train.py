@@ -2,7 +2,11 @@
 
 `run_training` is the driver: it checks the config against the dataset, opens the MLflow run
 and fits a `TorchTrainer` whose workers run `train_loop_per_worker` (DDP over gloo or NCCL).
-Resuming a run is fitting it again under the same `RunConfig(name, storage_path)`.
+Resuming a run is fitting it again under the same `RunConfig(name, storage_path)`; a worker
+group restarted after a lost node, or a resumed run, continues from the latest checkpoint, which
+may lie inside an epoch (`train.checkpoint_every_minutes`). Over 400 lines because, as the only
+importer of `ray.train`, it holds every Train touchpoint: worker loop, checkpoint reports, the
+MLflow callback, the trainer and the driver.
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, UserCallback
 from ray.train import ScalingConfig as RayScalingConfig
 
-from pipeline import data, ray_runtime, runs, sanity, storage, tracking
+from pipeline import capacity, data, ray_runtime, runs, sanity, storage, tracking, tracking_models
 from pipeline.checkpointing import (
+    BATCHES_KEY,
     CHECKPOINT_FILE,
+    CHECKPOINT_SCORE,
+    MID_EPOCH_SCORE,
     SAMPLES_FILE,
     SCORE_METRIC,
     Progress,
@@ -31,6 +38,7 @@ from pipeline.checkpointing import (
 )
 from pipeline.config import ExperimentConfig
 from pipeline.engine import (
+    CheckpointTimer,
     NonFiniteLossError,
     TimeBudget,
     evaluate,
@@ -68,31 +76,48 @@ def _quiet_data_logs() -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
-def _batches(shard, cfg: ExperimentConfig, epoch: int, rank: int, shuffle: bool):
-    options = {"batch_size": cfg.train.batch_size_per_worker}
-    if shuffle:
-        options["local_shuffle_buffer_size"] = data.LOCAL_SHUFFLE_BUFFER
-        options["local_shuffle_seed"] = worker_seed(cfg.train.seed, rank, epoch)
-    return pixel_batches(shard.iter_torch_batches(**options), cfg.data.crop_size)
+def _epoch_batches(dataset, cfg: ExperimentConfig, epoch: int, skip: int):
+    """This rank's training batches of `epoch` after its first `skip` (see `data_order`)."""
+    context = ray.train.get_context()
+    order = dataset.rank_order(
+        cfg.data.train_split,
+        context.get_world_rank(),
+        context.get_world_size(),
+        cfg.train.seed,
+        epoch,
+        shuffle=True,
+    )
+    order = order.after(skip * cfg.train.batch_size_per_worker)  # fmt: skip
+    rows = data.read_in_order(dataset, order, cfg.train.batch_size_per_worker)
+    return pixel_batches(rows, cfg.data.crop_size)
 
 
 def train_loop_per_worker(config: dict) -> dict:
-    """One DDP rank: restore, then train / validate / checkpoint / report each epoch."""
+    """One DDP rank: restore, then train / validate / checkpoint / report each epoch.
+
+    Data: every rank builds its own Ray Data reads from the epoch's data order
+    (`pipeline.data_order`), not `get_dataset_shard`'s streaming split, so which rows a rank
+    trains on, and their order, depend on (seed, epoch) only and a run resumed mid-epoch skips
+    exactly the batches it trained on.
+    """
     cfg = ExperimentConfig.from_dict(config["experiment"])
     plan = runs.RunPlan(**config["plan"])
-    rank = ray.train.get_context().get_world_rank()  # [ray 0] which rank
+    dataset = data.PreparedDataset.from_manifest(**config["dataset"])
+    context = ray.train.get_context()  # [ray 0] which rank, of how many
+    rank, world = context.get_world_rank(), context.get_world_size()
     _worker_logging(rank)
+    _quiet_data_logs()
     torch.manual_seed(worker_seed(cfg.train.seed, rank, epoch=0))
     model = ray.train.torch.prepare_model(PixelRNN(cfg.model))  # [ray 1] device + DDP
     if cfg.train.compile:
         model = torch.compile(model)
     optimizer = make_optimizer(model.parameters(), cfg.optim)
-    progress = _restore(ray.train.get_checkpoint(), model, optimizer, rank)  # [ray 2] resume
-    train_shard = ray.train.get_dataset_shard("train")  # [ray 3] data
-    val_shard = ray.train.get_dataset_shard("val")
+    progress = _restore(ray.train.get_checkpoint(), model, optimizer, rank, world)  # [ray 2]
     device = ray.train.torch.get_device()
     bf16 = use_bf16(cfg.train.precision, device)
     budget = TimeBudget(cfg.train.max_minutes, progress.seconds, device)
+    timer = CheckpointTimer(cfg.train.checkpoint_every_minutes, device)
+    val_order = dataset.rank_order(cfg.data.val_split, rank, world, 0, 0, shuffle=False)
     first_epoch = progress.epoch
     for epoch in range(first_epoch, cfg.train.epochs):
         # Resumed with the budget already spent: nothing to do. (Later epochs only start when
@@ -100,115 +125,179 @@ def train_loop_per_worker(config: dict) -> dict:
         # ends, so the run's last checkpoint always carries the final grid.)
         if epoch == first_epoch and budget.spent():
             break
-        batches = _batches(train_shard, cfg, epoch, rank, shuffle=True)
-        validate = _validator(cfg, model, val_shard, epoch, rank, bf16)
+        skip = progress.batches_in_epoch if epoch == first_epoch else 0
+        batches = _epoch_batches(dataset, cfg, epoch, skip)  # [ray 3] data
+        validate = _validator(cfg, model, dataset, val_order, bf16)
+        worker = _Worker(cfg, plan, model, optimizer, rank, world, budget, timer)
         try:
-            step, train_metrics = _train(
-                cfg, plan, model, optimizer, batches, progress, validate, rank, budget, bf16
-            )
+            step, train_metrics = worker.train(batches, epoch, progress, validate, bf16)
         except NonFiniteLossError as error:
             return {"status": "non_finite", "message": str(error), "epoch": epoch}
         metrics = {**train_metrics, **validate(), "epoch": epoch + 1, "step": step}
         # Spent mid-epoch, at its end or during its validation: this epoch is the last.
         spent = budget.spent()
         progress = Progress(epoch=epoch + 1, step=step, seconds=budget.seconds(),
-                            budget_spent=spent)  # fmt: skip
+                            budget_spent=spent, world_size=world)  # fmt: skip
         metrics["time/train_minutes"] = progress.seconds / 60.0
-        _checkpoint_and_report(cfg, plan, model, optimizer, progress, metrics, rank)  # [ray 4, 5]
+        metrics[CHECKPOINT_SCORE] = metrics[SCORE_METRIC]
+        _log_epoch(cfg, progress, metrics)
+        worker.checkpoint(progress, metrics, samples=True)  # [ray 4, 5]
+        timer.restart()
         if spent:
             logger.info("time budget of %g min spent after step %d", cfg.train.max_minutes, step)
             break
     return {"status": "completed", "epoch": progress.epoch}
 
 
-def _validator(cfg: ExperimentConfig, model, val_shard, epoch: int, rank: int, bf16: bool):
-    """(interim=False) -> {"val/bits_per_dim", "val/nll_nats"} over all ranks' val shards.
+def _validator(cfg: ExperimentConfig, model, dataset, order, bf16: bool):
+    """(interim=False) -> {"val/bits_per_dim", "val/nll_nats"} over all ranks' val rows.
 
     Interim reports (`train.report_every_steps`) score `train.interim_val_batches` batches per
     rank when that is set; epoch ends score `train.max_val_batches` (0: the whole split).
     """
 
     def validate(interim: bool = False) -> dict[str, float]:
-        batches = _batches(val_shard, cfg, epoch, rank, shuffle=False)
+        rows = data.read_in_order(dataset, order, cfg.train.batch_size_per_worker)
         limit = cfg.train.max_val_batches
         if interim and cfg.train.interim_val_batches:
             limit = cfg.train.interim_val_batches
-        val = evaluate(unwrap(model), batches, limit, bf16)
+        val = evaluate(unwrap(model), pixel_batches(rows, cfg.data.crop_size), limit, bf16)
         return {f"val/{key}": value for key, value in val.items()}
 
     return validate
 
 
-def _train(cfg, plan: runs.RunPlan, model, optimizer, batches, progress, validate, rank, budget,
-           bf16: bool):  # fmt: skip
-    total_steps = plan.steps_per_epoch * cfg.train.epochs
+@dataclasses.dataclass
+class _Worker:
+    """One rank's training state for an epoch: trains it, writes and reports checkpoints."""
 
-    def report_interim(step: int, metrics: dict[str, float]) -> None:
-        metrics = {**metrics, **validate(interim=True), "step": step,
-                   "time/train_minutes": budget.seconds() / 60.0}  # fmt: skip
-        ray.train.report(metrics)  # [ray 5] no checkpoint
+    cfg: ExperimentConfig
+    plan: runs.RunPlan
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    rank: int
+    world: int
+    budget: TimeBudget
+    timer: CheckpointTimer
 
-    return train_epoch(
-        model, optimizer, batches, cfg.optim,
-        schedule=lambda step: (
-            learning_rate(step, cfg.optim, total_steps, plan.steps_per_epoch)
-            * budget.anneal_factor(cfg.optim.anneal_minutes, cfg.optim.min_lr_ratio)
-        ),
-        start_step=progress.step, max_steps=cfg.train.max_steps_per_epoch,
-        report_every=cfg.train.report_every_steps, on_report=report_interim,
-        bf16=bf16, log_progress=rank == 0, should_stop=budget.spent,
-    )  # fmt: skip
+    def train(self, batches, epoch: int, progress: Progress, validate, bf16: bool):
+        """Train `epoch` from `progress` on; (steps in total, the epoch's metrics).
+
+        A mid-epoch `progress` (this epoch's) starts at its batch, with its metric sums (on
+        rank 0 only: they are over all ranks already).
+        """
+        skip = progress.batches_in_epoch if progress.epoch == epoch else 0
+        meters = progress.meters if skip and self.rank == 0 else ()
+        cfg, budget = self.cfg, self.budget
+        total_steps = self.plan.steps_per_epoch * cfg.train.epochs
+
+        def report_interim(step: int, metrics: dict[str, float]) -> None:
+            metrics = {**metrics, **validate(interim=True), "step": step,
+                       "time/train_minutes": budget.seconds() / 60.0}  # fmt: skip
+            ray.train.report(metrics)  # [ray 5] no checkpoint
+
+        def checkpoint_mid_epoch(step: int, batches_done: int, meters: tuple) -> None:
+            progress = Progress(epoch=epoch, step=step, seconds=budget.seconds(),
+                                batches_in_epoch=batches_done, world_size=self.world,
+                                meters=meters)  # fmt: skip
+            metrics = {"step": step, BATCHES_KEY: batches_done, CHECKPOINT_SCORE: MID_EPOCH_SCORE,
+                       "time/train_minutes": progress.seconds / 60.0}  # fmt: skip
+            self.checkpoint(progress, metrics, samples=False)  # [ray 4, 5]
+
+        return train_epoch(
+            self.model, self.optimizer, batches, cfg.optim,
+            schedule=lambda step: (
+                learning_rate(step, cfg.optim, total_steps, self.plan.steps_per_epoch)
+                * budget.anneal_factor(cfg.optim.anneal_minutes, cfg.optim.min_lr_ratio)
+            ),
+            start_step=progress.step, max_steps=self.plan.steps_per_epoch,
+            report_every=cfg.train.report_every_steps, on_report=report_interim,
+            bf16=bf16, log_progress=self.rank == 0, should_stop=budget.spent,
+            start_batch=skip, meters=meters, on_checkpoint=checkpoint_mid_epoch,
+            checkpoint_due=self.timer.due,
+        )  # fmt: skip
+
+    def checkpoint(self, progress: Progress, metrics: dict, samples: bool) -> None:
+        """Rank 0 writes the checkpoint (and maybe a sample grid); every rank reports."""
+        cfg, plan = self.cfg, self.plan
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if self.rank == 0:  # [ray 4] rank 0 writes
+                shape = (plan.channels, plan.height, plan.width)
+                save_checkpoint(tmp, self.model, self.optimizer, progress, cfg, metrics, shape)
+                last_epoch = progress.epoch if progress.budget_spent else cfg.train.epochs
+                if samples and wants_samples(cfg.tracking, progress.epoch, last_epoch):
+                    seed = worker_seed(cfg.train.seed, 0, progress.epoch)
+                    write_samples(unwrap(self.model), cfg.tracking, plan.height, plan.width, seed,
+                                  Path(tmp) / SAMPLES_FILE)  # fmt: skip
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            name = f"epoch_{progress.epoch:04d}"
+            if progress.batches_in_epoch:  # inside epoch progress.epoch + 1
+                name = f"epoch_{progress.epoch + 1:04d}_batch_{progress.batches_in_epoch:06d}"
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)  # [ray 5]
 
 
-def _restore(checkpoint, model, optimizer, rank: int) -> Progress:
+def _restore(checkpoint, model, optimizer, rank: int, world: int) -> Progress:
     if checkpoint is None:
         return Progress()
     with checkpoint.as_directory() as directory:
         progress = restore(directory, model, optimizer, restore_rng=rank == 0)
-    logger.info("resumed from epoch %d (step %d)", progress.epoch, progress.step)
+    where = f"epoch {progress.epoch} (step {progress.step})"
+    if progress.batches_in_epoch and progress.world_size != world:
+        logger.warning("the checkpoint inside epoch %d was taken with %d workers, not %d: its "
+                       "data order differs, so the epoch restarts from its first batch",
+                       progress.epoch + 1, progress.world_size, world)  # fmt: skip
+        progress = dataclasses.replace(progress, batches_in_epoch=0)
+    elif progress.batches_in_epoch:
+        where += f", {progress.batches_in_epoch} batches into epoch {progress.epoch + 1}"
+    logger.info("resumed from %s", where)
     return progress
 
 
-def _checkpoint_and_report(cfg, plan, model, optimizer, progress, metrics, rank) -> None:
-    """Rank 0 writes the checkpoint (and maybe a sample grid); every rank reports."""
+def _log_epoch(cfg: ExperimentConfig, progress: Progress, metrics: dict) -> None:
     logger.info(
         "epoch %d/%d: train %.4f bits/dim, val %.4f bits/dim (%.2f nats/image), %.1f images/s",
         progress.epoch, cfg.train.epochs, metrics["train/bits_per_dim"],
         metrics["val/bits_per_dim"], metrics["val/nll_nats"], metrics["throughput/images_per_s"],
     )  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = None
-        if rank == 0:  # [ray 4] rank 0 writes
-            shape = (plan.channels, plan.height, plan.width)
-            save_checkpoint(tmp, model, optimizer, progress, cfg, metrics, shape)
-            last_epoch = progress.epoch if progress.budget_spent else cfg.train.epochs
-            if wants_samples(cfg.tracking, progress.epoch, last_epoch):
-                seed = worker_seed(cfg.train.seed, 0, progress.epoch)
-                write_samples(unwrap(model), cfg.tracking, plan.height, plan.width, seed,
-                              Path(tmp) / SAMPLES_FILE)  # fmt: skip
-            checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        name = f"epoch_{progress.epoch:04d}"
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)  # [ray 5]
 
 
 class MlflowReportCallback(UserCallback):
-    """Runs on the Train controller: logs each report and its sample grid to MLflow."""
+    """Runs on the Train controller: logs each report and its sample grid to MLflow, once.
+
+    A worker group restarted from a checkpoint (or a run continued with `--resume`) repeats the
+    reports made after that checkpoint, with the same values (data order, RNG and schedule are
+    restored). Reports are ordered by (step, epoch end after interim report at the same step);
+    one at or before the last report logged, here or by an earlier driver, is such a repeat and
+    is skipped, so the metric history has each point once. The reports of mid-epoch checkpoints
+    carry no measurements and are not logged.
+    """
 
     def __init__(self, tracker: tracking.RunTracker):
         self.tracker = tracker
+        self.last_logged = _last_logged_report(tracker)
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
         report = metrics[0]  # rank 0's; metrics are already averaged over ranks
+        position = (int(report["step"]), "epoch" in report)
+        if BATCHES_KEY in report or position <= self.last_logged:
+            return
         try:
-            self.tracker.log_metrics(report, step=int(report["step"]))
+            logged = {k: v for k, v in report.items() if not k.startswith("checkpoint/")}
+            self.tracker.log_metrics(logged, step=position[0])
+            self.last_logged = position
             if checkpoint is not None:
                 with checkpoint.as_directory() as directory:
-                    self._log_samples(Path(directory) / SAMPLES_FILE, int(report["epoch"]))
+                    png = Path(directory) / SAMPLES_FILE
+                    self._log_samples(png, int(report["epoch"]), int(report["step"]))
         except Exception:  # tracking must never stop training
             logger.exception("MLflow logging failed; training continues")
 
-    def _log_samples(self, png: Path, epoch: int) -> None:
+    def _log_samples(self, png: Path, epoch: int, step: int) -> None:
+        """The grid as an MLflow image at this step (a panel with a step slider) and as
+        `samples/epoch_NNNN.png`."""
         if png.is_file():
+            self.tracker.log_image(png, key="samples", step=step)
             with tempfile.TemporaryDirectory() as tmp:
                 named = Path(tmp) / f"epoch_{epoch:04d}.png"
                 named.write_bytes(png.read_bytes())
@@ -222,14 +311,26 @@ class MlflowReportCallback(UserCallback):
             logger.exception("MLflow logging failed")
 
 
+def _last_logged_report(tracker: tracking.RunTracker) -> tuple[int, bool]:
+    """(step, is an epoch end) of the last report in the MLflow run; (-1, False) if none.
+
+    Every interim and epoch-end report has `train/bits_per_dim`; only epoch ends have `epoch`.
+    """
+    steps = [step for step, _ in tracker.metric_history("train/bits_per_dim")]
+    if not steps:
+        return (-1, False)
+    epoch_steps = {step for step, _ in tracker.metric_history("epoch")}
+    return (max(steps), max(steps) in epoch_steps)
+
+
 def build_trainer(
-    cfg, plan: runs.RunPlan, record: runs.RunRecord, tracker, datasets: dict, callbacks=()
-):
+    cfg, plan: runs.RunPlan, record: runs.RunRecord, tracker, dataset, callbacks=()
+):  # fmt: skip
     """A `TorchTrainer` for this run: scaling, failures, retention and MLflow from the config.
 
-    `callbacks` are more Train `UserCallback`s (a Tune trial adds `TuneReportCallback`).
+    `dataset` is the `PreparedDataset` the workers read; `callbacks` are more Train
+    `UserCallback`s (a Tune trial adds its report callback).
     """
-    resources = {"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})}
     run_config = RunConfig(
         name=record.name,
         storage_path=record.storage_path,
@@ -238,7 +339,7 @@ def build_trainer(
         ),
         checkpoint_config=CheckpointConfig(
             num_to_keep=cfg.train.keep_best,  # Ray keeps the latest on top of these
-            checkpoint_score_attribute=SCORE_METRIC,
+            checkpoint_score_attribute=CHECKPOINT_SCORE,
             checkpoint_score_order="min",
         ),
         callbacks=[MlflowReportCallback(tracker), *callbacks],
@@ -246,15 +347,15 @@ def build_trainer(
     )
     return ray.train.torch.TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"experiment": cfg.to_dict(), "plan": dataclasses.asdict(plan)},
+        train_loop_config={"experiment": cfg.to_dict(), "plan": dataclasses.asdict(plan),
+                           "dataset": {"root": dataset.root, "manifest": dataset.manifest}},
         scaling_config=RayScalingConfig(
             num_workers=cfg.scaling.num_workers,
             use_gpu=cfg.scaling.use_gpu,
-            resources_per_worker=resources,
+            resources_per_worker=cfg.scaling.worker_resources(),
         ),
         run_config=run_config,
-        datasets=datasets,
-    )
+    )  # fmt: skip
 
 
 def _open_run(cfg: ExperimentConfig, resume: bool, dataset, plan: runs.RunPlan):
@@ -266,21 +367,25 @@ def _open_run(cfg: ExperimentConfig, resume: bool, dataset, plan: runs.RunPlan):
 
 
 def _log_missed_epoch(record: runs.RunRecord, tracker: tracking.RunTracker) -> None:
-    """Log the last checkpoint's report if its driver died before MLflow got it.
+    """Log the reports of the run's checkpoints that its driver died before MLflow got.
 
     Ray registers a checkpoint before the callback logs it; a driver killed in between would
-    otherwise leave that epoch out of MLflow, since the resumed run starts after it.
+    otherwise leave that epoch out of MLflow, since the resumed run starts after it. Reports
+    already logged are skipped by the callback.
     """
     try:
         previous = ray.train.Result.from_path(str(record.directory))
     except RuntimeError:  # no checkpoint was registered yet
         return
-    metrics = previous.metrics or {}
-    if "epoch" not in metrics:
-        return
-    if int(metrics["epoch"]) not in {int(value) for _, value in tracker.metric_history("epoch")}:
-        MlflowReportCallback(tracker).after_report(None, [metrics], previous.checkpoint)
-        logger.info("logged epoch %d to MLflow from its checkpoint", metrics["epoch"])
+    callback = MlflowReportCallback(tracker)
+    reports = sorted(
+        previous.best_checkpoints, key=lambda kept: (kept[1]["step"], "epoch" in kept[1])
+    )
+    for checkpoint, metrics in reports:
+        before = callback.last_logged
+        callback.after_report(None, [metrics], checkpoint)
+        if callback.last_logged != before:
+            logger.info("logged epoch %d to MLflow from its checkpoint", metrics["epoch"])
 
 
 def run_training(
@@ -291,24 +396,26 @@ def run_training(
     A Tune trial passes `callbacks` for the trainer and `tags` for its MLflow run (sweep ids).
 
     Raises:
-        ConfigError: the config does not fit the dataset, or `--resume` finds nothing to resume.
+        ConfigError: the config does not fit the dataset, its workers do not fit the cluster
+            however far it grows, or `--resume` finds nothing to resume.
         NonFiniteLossError: the loss diverged; the last good checkpoint is named.
         PixelRNNError: training failed after `scaling.max_failures` restarts.
     """
-    dataset = data.open_prepared(storage.normalize(cfg.data.path))
+    dataset = data.open_prepared(storage.normalize(cfg.data.path), verify_checksums=cfg.data.verify)
     plan = runs.make_plan(cfg, dataset)
     ray_runtime.connect(address=cfg.scaling.ray_address or None)
+    per_worker, grows = cfg.scaling.worker_resources(), ray_runtime.cluster_capacity()
+    capacity.check_workers_fit(grows, per_worker, cfg.scaling.num_workers)  # before any output
     record, tracker = _open_run(cfg, resume, dataset, plan)
     if tags:
         tracker.set_tags(tags)
     try:
-        _quiet_data_logs()
-        train_split, val_split = cfg.data.train_split, cfg.data.val_split
-        datasets = {
-            "train": data.read_split(dataset, train_split, shuffle=True, seed=cfg.train.seed),
-            "val": data.read_split(dataset, val_split),
-        }
-        result = build_trainer(cfg, plan, record, tracker, datasets, callbacks).fit()
+        trainer = build_trainer(cfg, plan, record, tracker, dataset, callbacks)
+        with (
+            tracking.SystemMetrics(tracker, cfg.tracking.system_metrics, resumed=resume),
+            ray_runtime.WaitForNodesLog(per_worker, cfg.scaling.num_workers, grows),
+        ):
+            result = trainer.fit()
     except ray.train.TrainingFailedError as error:
         tracker.finish("FAILED", str(error))
         first_line = (str(error).strip() or repr(error)).splitlines()[0]
@@ -322,11 +429,11 @@ def run_training(
     except Exception as error:
         tracker.finish("FAILED", repr(error))
         raise
-    return _finish(cfg, result, record, tracker, sanity.dataset_name(dataset.manifest))
+    return _finish(cfg, result, record, tracker, dataset.manifest)
 
 
 def _finish(
-    cfg: ExperimentConfig, result, record: runs.RunRecord, tracker, dataset_name: str
+    cfg: ExperimentConfig, result, record: runs.RunRecord, tracker, manifest: dict
 ) -> runs.TrainingSummary:
     outcome = result.return_value or {}
     where = record.storage_path  # Ray reports paths inside its filesystem: make them locations
@@ -338,20 +445,37 @@ def _finish(
         tracker.finish("FAILED", message)
         raise NonFiniteLossError(message)
     best = result.get_best_checkpoint(SCORE_METRIC, "min")
+    metrics = dict(result.metrics or {})
     with best.as_directory() as directory:
         tracker.log_artifact(Path(directory) / CHECKPOINT_FILE, "checkpoint")
-    metrics = dict(result.metrics or {})
+        model_uri = _log_model(cfg, tracker, Path(directory) / CHECKPOINT_FILE, metrics, manifest)
     best_metrics = next(m for c, m in result.best_checkpoints if c.path == best.path)
     tracker.log_metrics({"best/val_bits_per_dim": best_metrics[SCORE_METRIC]}, int(metrics["step"]))
     best_location = storage.location_of(where, best.path)
     tracker.set_tags({"pixelrnn.best_checkpoint": best_location})
     val = {key.removeprefix("val/"): value for key, value in metrics.items()
            if key.startswith("val/")}  # fmt: skip
-    warning = sanity.leak_warning(dataset_name, val) or ""
+    warning = sanity.leak_warning(sanity.dataset_name(manifest), val) or ""
     if warning:
         logger.warning(warning)
         tracker.set_tags({"pixelrnn.sanity": warning})
     tracker.finish("FINISHED")
     return runs.TrainingSummary(record.name, record.directory, tracker.tracking_uri,
                                 tracker.run_id, int(metrics["epoch"]), metrics,
-                                best_location, warning)  # fmt: skip
+                                best_location, warning, model_uri)  # fmt: skip
+
+
+def _log_model(cfg: ExperimentConfig, tracker, checkpoint: Path, metrics: dict, manifest: dict
+               ) -> str:  # fmt: skip
+    """Log the best checkpoint as the run's MLflow model; its URI ("" if that failed: the
+    checkpoint artifact is there, and a finished training run is not failed for it)."""
+    try:
+        logged = tracking_models.log_model(tracker.tracking_uri, tracker.run_id, checkpoint,
+                                           tracking.manifest_sha256(manifest),
+                                           cfg.tracking.registered_model_name,
+                                           int(metrics.get("step", 0)))  # fmt: skip
+    except Exception as error:
+        logger.exception("logging the MLflow model failed")
+        tracker.set_tags({"pixelrnn.model_error": repr(error)[:5000]})
+        return ""
+    return logged.registered or logged.model_uri

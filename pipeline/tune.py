@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import math
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.sample import Categorical, Domain, Float, Integer
 
-from pipeline import data, ray_runtime, runs, sweeps, tracking, train
+from pipeline import capacity, data, ray_runtime, runs, storage, sweeps, tracking, train
+from pipeline.checkpointing import BATCHES_KEY
 from pipeline.config import ExperimentConfig, coerce
 from pipeline.errors import ConfigError, PixelRNNError
 
@@ -38,7 +40,7 @@ class SweepSummary:
     trials: list[tracking.RunSummary]  # the child runs, in start order
     best_trial: str
     best_value: float
-    best_experiment: Path
+    best_experiment: str  # location (local path or URI) of best_experiment.yaml
 
 
 def get_space(name: str) -> dict[str, Any]:
@@ -102,12 +104,22 @@ def run_trial(params: dict[str, Any], sweep: dict[str, Any]) -> None:
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = sweeps.trial_config(record.trial_config, params, trial_id)
     os.environ["MLFLOW_TRACKING_URI"] = record.tracking_uri  # Tune moved us to another folder
-    started = (runs.storage_root(cfg) / trial_id / runs.RECORD_FILE).is_file()
-    if started and _report_if_finished(runs.RunRecord.load(runs.storage_root(cfg) / trial_id)):
+    run_dir = storage.join(runs.storage_location(cfg), trial_id)
+    started = storage.is_file(storage.join(run_dir, runs.RECORD_FILE))
+    if started and _report_if_finished(runs.RunRecord.load(run_dir)):
         return
     tags = {"mlflow.parentRunId": record.parent_run_id, "pixelrnn.sweep": record.name,
             "pixelrnn.trial_id": trial_id, "pixelrnn.space": record.space}  # fmt: skip
-    train.run_training(cfg, resume=started, callbacks=[TuneReportCallback()], tags=tags)
+    train.run_training(cfg, resume=started, callbacks=[MeasuredReportCallback()], tags=tags)
+
+
+class MeasuredReportCallback(TuneReportCallback):
+    """Forwards Train's reports to Tune, except those of mid-epoch checkpoints: they carry no
+    `tune.metric` (Tune refuses such results) and nothing for ASHA to judge."""
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        if BATCHES_KEY not in metrics[0]:
+            super().after_report(run_context, metrics, checkpoint)
 
 
 def _report_if_finished(run: runs.RunRecord) -> bool:
@@ -167,8 +179,8 @@ class SweepCallback(ray.tune.Callback):
     ) -> bool:
         """End the trial's MLflow run if it is still RUNNING (or FAILED, with `also_failed`);
         True when it was."""
-        folder = Path(self.train_root) / trial.trial_id
-        if not (folder / runs.RECORD_FILE).is_file():
+        folder = storage.join(self.train_root, trial.trial_id)
+        if not storage.is_file(storage.join(folder, runs.RECORD_FILE)):
             return False
         run = runs.RunRecord.load(folder)
         tracker = tracking.RunTracker(run.tracking_uri, run.mlflow_run_id)
@@ -197,7 +209,7 @@ def _trainable(cfg: ExperimentConfig, record: sweeps.SweepRecord):
 
 def _tuner(cfg, record, sizing, space, resume: bool) -> ray.tune.Tuner:
     trainable = _trainable(cfg, record)
-    path = str(record.directory)
+    path = record.directory
     if resume and ray.tune.Tuner.can_restore(path):
         logger.info("restoring sweep %s: finished trials are kept, unfinished ones continue", path)
         return ray.tune.Tuner.restore(path, trainable, resume_unfinished=True)
@@ -222,10 +234,11 @@ def _tuner(cfg, record, sizing, space, resume: bool) -> ray.tune.Tuner:
         trial_name_creator=trial_name,
         trial_dirname_creator=trial_name,
     )
+    train_root = storage.join(record.directory, sweeps.TRAIN_FOLDER)
     run_config = ray.tune.RunConfig(
         name=record.name,
         storage_path=record.storage_path,
-        callbacks=[SweepCallback(str(record.directory / sweeps.TRAIN_FOLDER), cfg.tune.metric)],
+        callbacks=[SweepCallback(train_root, cfg.tune.metric)],
         verbose=0,  # SweepCallback logs one line per trial event instead of Tune's tables
     )
     return ray.tune.Tuner(trainable, param_space=space, tune_config=tune_config,
@@ -238,15 +251,16 @@ def _open_sweep(cfg: ExperimentConfig, resume: bool, dataset, space: dict):
         return record, tracking.reopen_run(record.tracking_uri, record.parent_run_id)
     name = sweeps.new_sweep_name(cfg)
     sweeps.check_new_sweep(cfg, name)
-    directory = runs.storage_root(cfg) / name
+    directory = storage.join(runs.storage_location(cfg), name)
     tags = tracking.run_tags(cfg, dataset.manifest, dataset.root)
     tags.update({"pixelrnn.role": "sweep", "pixelrnn.sweep": name,
-                 "pixelrnn.space": cfg.tune.space, "pixelrnn.run_dir": str(directory)})  # fmt: skip
+                 "pixelrnn.space": cfg.tune.space, "pixelrnn.run_dir": directory})  # fmt: skip
     tracker = tracking.start_run(cfg, name, tags, {"space": cfg.tune.space})
     tracker.log_dict(describe_space(space), "sweep/space.json")
     base = sweeps.trial_base(cfg, directory, tracker.tracking_uri)
-    record = sweeps.SweepRecord(name, str(directory.parent), tracker.tracking_uri, tracker.run_id,
-                                cfg.tune.space, cfg.to_dict(), base.to_dict())  # fmt: skip
+    record = sweeps.SweepRecord(name, runs.storage_location(cfg), tracker.tracking_uri,
+                                tracker.run_id, cfg.tune.space, cfg.to_dict(),
+                                base.to_dict())  # fmt: skip
     record.save()
     return record, tracker
 
@@ -268,12 +282,16 @@ def run_sweep(cfg: ExperimentConfig, resume: bool = False) -> SweepSummary:
             f"tune.grace_period_epochs: {cfg.tune.grace_period_epochs} exceeds train.epochs "
             f"({cfg.train.epochs})"
         )
-    dataset = data.open_prepared(str(Path(cfg.data.path).resolve()))
+    dataset = data.open_prepared(storage.normalize(cfg.data.path), verify_checksums=cfg.data.verify)
     runs.make_plan(cfg, dataset)
     ray_runtime.connect(address=cfg.scaling.ray_address or None)
     # Tune's own result files are off (metrics live in MLflow): no warning that they are missing.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    sizing = sweeps.size_trials(cfg, ray.cluster_resources())
+    # What the cluster can grow to, so a sweep starts on an autoscaling cluster with no worker
+    # node up; its trials then wait for the nodes the autoscaler adds.
+    grows = ray_runtime.cluster_capacity()
+    capacity.check_workers_fit(grows, cfg.scaling.worker_resources(), cfg.scaling.num_workers)
+    sizing = sweeps.size_trials(cfg, grows.most())
     logger.info("each trial holds %g CPUs and %g GPUs; %d at a time",
                 sizing.cpus_per_trial, sizing.gpus_per_trial, sizing.max_concurrent)  # fmt: skip
     record, tracker = _open_sweep(cfg, resume, dataset, space)
@@ -300,7 +318,7 @@ def _unfinished_trials(record: sweeps.SweepRecord, num_samples: int, space: dict
     expected = num_samples * math.prod(
         len(value["grid_search"]) for value in space.values() if isinstance(value, dict)
     )
-    trials = ray.tune.ExperimentAnalysis(str(record.directory)).trials
+    trials = ray.tune.ExperimentAnalysis(record.directory).trials
     return expected - sum(trial.status in ("TERMINATED", "ERROR") for trial in trials)
 
 
@@ -317,15 +335,19 @@ def _finish(cfg: ExperimentConfig, record: sweeps.SweepRecord, tracker) -> Sweep
     run, value = best
     params = {key: run.params[key] for key in get_space(record.space)}
     experiment = sweeps.best_experiment(record.config, params)
-    path = sweeps.write_best_experiment(
-        record.directory / sweeps.BEST_FILE,
+    location = storage.join(record.directory, sweeps.BEST_FILE)
+    text = sweeps.best_experiment_text(
         experiment,
         [f"best trial {run.name} of sweep {record.name} (space {record.space}): "
          f"{cfg.tune.metric} = {value:.4f}", f"MLflow run {run.run_id}",
-         f"pixelrnn train --config {record.directory / sweeps.BEST_FILE}"],
+         f"pixelrnn train --config {location}"],
     )  # fmt: skip
-    tracker.log_artifact(path, "best")
+    storage.write_text(location, text)
+    with tempfile.TemporaryDirectory() as scratch:  # MLflow logs local files
+        copy = Path(scratch) / sweeps.BEST_FILE
+        copy.write_text(text)
+        tracker.log_artifact(copy, "best")
     tracker.set_tags({"pixelrnn.best_trial": run.name, "pixelrnn.best_run_id": run.run_id})
     tracker.log_metrics({f"best/{cfg.tune.metric.replace('/', '_')}": value}, step=0)
     tracker.finish("FINISHED")
-    return SweepSummary(record, trials, run.name, value, path)
+    return SweepSummary(record, trials, run.name, value, location)

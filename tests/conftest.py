@@ -20,8 +20,40 @@ os.environ.pop("RAY_ADDRESS", None)
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """A local Ray cluster (4 logical CPUs) shared by every `ray` test; shut down at the end."""
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (moto) on 127.0.0.1, for the whole session.
+
+    The standard AWS variables and `MLFLOW_S3_ENDPOINT_URL` point at it while the session runs, so
+    every S3 client (pyarrow, Ray, MLflow, subprocess drivers) reaches it as it would reach S3.
+    `s3_server.bucket()` creates a fresh bucket per test.
+    """
+    from s3_support import S3Server, apply_env, restore_env
+
+    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log").start()
+    previous = apply_env(server.env)
+    yield server
+    restore_env(previous)
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3_server, tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 (runs in SQLite, artifacts proxied to the S3 server's
+    bucket `s3://mlflow/artifacts`), as the cluster's head runs it; `.uri` is its tracking URI."""
+    from mlflow_support import MlflowServer
+
+    bucket = s3_server.bucket("mlflow")
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"), f"{bucket}/artifacts")
+    yield server.start(env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server):
+    """A local Ray cluster (4 logical CPUs) shared by every `ray` test; shut down at the end.
+
+    It starts after the S3 server, so its workers inherit the variables that reach it.
+    """
     import ray
 
     from pipeline import ray_runtime

@@ -15,8 +15,13 @@ FORBIDDEN = {
     "pixelrnn_model": ("ray", "mlflow", "pipeline", "tune_spaces", "pyarrow", "yaml"),
     "tune_spaces": ("torch", "pixelrnn_model", "pipeline", "mlflow"),
 }
-# Inside `pipeline`, one importer per external API; pure modules import none of them.
-SOLE_IMPORTER = {"ray.train": "train.py", "ray.tune": "tune.py", "mlflow": "tracking.py"}
+# Inside `pipeline`, one importer per external API; pure modules import none of them. MLflow's
+# runs and models are split over two modules, and mlflow_pyfunc.py is the logged model's own code.
+SOLE_IMPORTER = {
+    "ray.train": ("train.py",),
+    "ray.tune": ("tune.py",),
+    "mlflow": ("tracking.py", "tracking_models.py", "mlflow_pyfunc.py"),
+}
 PURE = (
     "config.py",
     "engine.py",
@@ -65,7 +70,7 @@ def test_one_importer_per_external_api_inside_pipeline():
         imported = imports_of(path)
         for api, owner in SOLE_IMPORTER.items():
             uses = {name for name in imported if name == api or name.startswith(f"{api}.")}
-            assert not uses or path.name == owner, f"{path.name} imports {sorted(uses)}"
+            assert not uses or path.name in owner, f"{path.name} imports {sorted(uses)}"
         if path.name in PURE:
             impure = {n for n in imported if n.split(".")[0] in ("ray", "mlflow")}
             assert not impure, f"{path.name} should stay pure but imports {sorted(impure)}"

@@ -2,7 +2,8 @@
 
 Written by `prepare`; read back through pyarrow filesystems so a dataset may live in a local
 folder or under an `s3://` / `gs://` URI. Every shard is listed with its row count, size and
-sha256; `verify_shards` re-checks them before training reads a single row.
+sha256. `verify_shards` checks that every shard is there with its size (cheap: what every command
+does at start) and, on demand, its sha256 (`pixelrnn verify`, `--verify`, the end of `prepare`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+from collections.abc import Callable
 
 import pyarrow.fs as pafs
 
@@ -87,12 +89,17 @@ def read_manifest(root: str) -> dict:
     filesystem, base = resolve(root)
     where = f"{root.rstrip('/')}/{MANIFEST_NAME}"
     try:
+        storage.require_bucket(root)
+    except PixelRNNError as error:
+        raise DataError(str(error)) from None
+    try:
         with filesystem.open_input_stream(f"{base}/{MANIFEST_NAME}") as stream:
             manifest = json.loads(stream.read())
     except FileNotFoundError:
         raise DataError(f"{where}: not found; run `pixelrnn prepare` first") from None
     except (OSError, ValueError) as error:
-        raise DataError(f"{where}: unreadable ({error})") from None
+        message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise DataError(f"{where}: unreadable ({message})") from None
     missing = (
         [key for key in REQUIRED_KEYS if key not in manifest]
         if isinstance(manifest, dict)
@@ -115,15 +122,34 @@ def read_manifest(root: str) -> dict:
     return manifest
 
 
-def verify_shards(root: str, manifest: dict, checksums: bool = True) -> None:
+def verify_shards(
+    root: str,
+    manifest: dict,
+    checksums: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> None:
     """Check every listed shard exists with its recorded size (and sha256 when `checksums`).
 
+    The presence and size check is one listing request per shard; the sha256 pass reads every
+    byte once (the manifest's total is `sum(shard["bytes"])`).
+
+    Args:
+        root: the dataset's folder or URI.
+        manifest: its parsed manifest.
+        checksums: also compare each shard's sha256.
+        progress: called with the number of bytes read after each block of the sha256 pass.
+
     Raises:
-        DataError: naming the first shard that is missing, resized or altered.
+        DataError: naming the first shard that is missing, resized or altered, or the dataset's
+            location when its storage cannot be reached.
     """
     filesystem, base = resolve(root)
     shards = [shard for split in manifest["splits"].values() for shard in split["shards"]]
-    infos = filesystem.get_file_info([f"{base}/{shard['path']}" for shard in shards])
+    try:
+        with storage.reaching(root):
+            infos = filesystem.get_file_info([f"{base}/{shard['path']}" for shard in shards])
+    except PixelRNNError as error:
+        raise DataError(str(error)) from None
     for shard, info in zip(shards, infos, strict=True):
         where = f"{root.rstrip('/')}/{shard['path']}"
         if info.type != pafs.FileType.File:
@@ -133,15 +159,28 @@ def verify_shards(root: str, manifest: dict, checksums: bool = True) -> None:
                 f"{where}: {info.size} bytes, the manifest says {shard['bytes']}; the shard was "
                 "altered or truncated after prepare"
             )
-        if checksums and _sha256(filesystem, info.path) != shard["sha256"]:
+    if not checksums:
+        return
+    for shard, info in zip(shards, infos, strict=True):
+        where = f"{root.rstrip('/')}/{shard['path']}"
+        if _sha256(filesystem, info.path, progress) != shard["sha256"]:
             raise DataError(f"{where}: sha256 differs from the manifest; the shard was altered")
 
 
-def _sha256(filesystem: pafs.FileSystem, path: str) -> str:
+def total_bytes(manifest: dict) -> int:
+    """Bytes of all the shards a manifest lists."""
+    return sum(shard["bytes"] for split in manifest["splits"].values() for shard in split["shards"])
+
+
+def _sha256(
+    filesystem: pafs.FileSystem, path: str, progress: Callable[[int], None] | None = None
+) -> str:
     digest = hashlib.sha256()
     with filesystem.open_input_stream(path) as stream:
         while block := stream.read(1 << 20):
             digest.update(block)
+            if progress is not None:
+                progress(len(block))
     return digest.hexdigest()
 
 

@@ -115,3 +115,20 @@ def test_best_ranks_epoch_end_reports_only_but_the_curve_keeps_interim_points(tm
     (row,) = collect(uri, "val/bits_per_dim", experiment="interim")
     assert row.best == 4.50
     assert row.curve == [(0.5, 4.40), (1.0, 4.53), (1.5, 4.45), (2.0, 4.50)]
+
+
+def test_compare_without_a_selection_takes_the_experiment_of_the_latest_run(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = ["--tracking-uri", uri, "--out", str(tmp_path / "c.png")]
+    assert main(["compare", *out]) == 2
+    assert f"no MLflow runs in {uri}" in capsys.readouterr().err
+    for experiment in ("older", "newer"):  # runs of "newer" start last
+        cfg = merge([{"tracking.tracking_uri": uri, "tracking.experiment_name": experiment}])
+        for name in (f"{experiment}-a", f"{experiment}-b"):
+            run = tracking.start_run(cfg, name, {}, {"steps_per_epoch": 1})
+            run.log_metrics({"val/bits_per_dim": 5.0, "epoch": 1}, step=1)
+            run.finish("FINISHED")
+    assert main(["compare", *out]) == 0
+    printed = capsys.readouterr().out
+    assert "experiment newer: 2 runs" in printed
+    assert "newer-a" in printed and "older-a" not in printed

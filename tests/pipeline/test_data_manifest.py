@@ -62,8 +62,23 @@ def test_altered_shard_same_size(copy):
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
+    open_prepared(str(copy))  # the cheap start checks presence and sizes only
     with pytest.raises(DataError, match=r"test/part-00000.parquet: sha256 differs"):
-        open_prepared(str(copy))
+        open_prepared(str(copy), verify_checksums=True)
+
+
+def test_verify_command_names_the_altered_shard(copy, capsys):
+    assert main(["verify", str(copy)]) == 0
+    assert "every sha256 matches" in capsys.readouterr().out
+    path = copy / "train" / "part-00001.parquet"
+    data = bytearray(path.read_bytes())
+    data[-200] ^= 0x01  # one bit of one byte: same size
+    path.write_bytes(bytes(data))
+    assert main(["verify", str(copy)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert error.startswith("pixelrnn: error: ")
+    assert error.endswith("train/part-00001.parquet: sha256 differs from the manifest; the shard "
+                          "was altered")  # fmt: skip
 
 
 def test_truncated_shard(copy):

@@ -48,8 +48,6 @@ def test_run_records_resume_and_name_checks_work_on_a_uri(tmp_path):
     with pytest.raises(ConfigError, match="run 'e-2' already exists"):
         runs.check_new_run(cfg, "e-2")
     runs.check_new_run(cfg, "e-3")  # free
-    with pytest.raises(ConfigError, match="needs a local or mounted folder"):
-        runs.storage_root(cfg)
     with pytest.raises(ConfigError, match=r"train\.storage_path: nope://x: cannot open"):
         runs.storage_location(merge([{"train.storage_path": "nope://x"}]))
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import pickle
+import time
 
 import pytest
 import torch
@@ -78,3 +80,33 @@ def test_draw_grid_samples_the_model(tmp_path, channels, levels):
                                  channels=channels, levels=levels))  # fmt: skip
     path = draw_grid(model, 4, 3, 3, tmp_path / "s.png", torch.Generator().manual_seed(0))
     assert path.is_file()
+
+
+def test_images_datasets_and_system_metrics_on_a_sqlite_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    cfg = merge([{"tracking.tracking_uri": f"sqlite:///{tmp_path}/m.db"}])
+    manifest = {"shape": [4, 6, 3], "levels": 256, "source": {"name": "builtin"},
+                "splits": {"train": {"count": 8}, "val": {"count": 2}}}  # fmt: skip
+    quiet = tracking.start_run(cfg, "quiet", {}, {})
+    with tracking.SystemMetrics(quiet, enabled=False):
+        time.sleep(2.5)
+    tracker = tracking.start_run(cfg, "watched", {}, {})
+    with tracking.SystemMetrics(tracker, enabled=True):
+        time.sleep(2.5)
+    tracker.log_image(save_grid(torch.zeros(1, 3, 4, 6, dtype=torch.int64), 256,
+                                tmp_path / "g.png"), key="samples", step=7)  # fmt: skip
+    tracker.log_dataset(manifest, str(tmp_path / "data"), "val", "validation")
+
+    run = tracker.client.get_run(tracker.run_id)
+    assert "system/cpu_utilization_percentage" in run.data.metrics
+    assert not any(k.startswith("system/") for k in quiet.client.get_run(quiet.run_id).data.metrics)
+    images = [a.path for a in tracker.client.list_artifacts(tracker.run_id, "images")]
+    assert any(p.startswith("images/samples+step+7+") and p.endswith(".png") for p in images)
+    (entry,) = run.inputs.dataset_inputs
+    assert entry.tags[0].value == "validation" and entry.dataset.name == "builtin/val"
+    sha256 = tracking.manifest_sha256(manifest)
+    assert entry.dataset.digest == sha256[:32]
+    assert json.loads(entry.dataset.profile) == {
+        "split": "val", "images": 2, "counts": {"train": 8, "val": 2}, "image_shape": [3, 4, 6],
+        "levels": 256, "manifest_sha256": sha256,
+    }  # fmt: skip

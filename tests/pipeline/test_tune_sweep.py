@@ -56,7 +56,7 @@ def test_trials_are_child_runs_named_by_trial_id_with_val_bits_per_dim(sweep):
         assert tags["pixelrnn.sweep"] == "grid" and tags["pixelrnn.space"] == "test_grid"
         assert "val/bits_per_dim" in child.data.metrics
         assert child.data.params["scaling.num_workers"] == "1"  # the same params as a plain run
-        assert any((record.directory / "train" / child.info.run_name).glob("epoch_*"))
+        assert any((Path(record.directory) / "train" / child.info.run_name).glob("epoch_*"))
 
 
 def test_asha_stops_the_trials_that_learn_nothing_and_the_next_trial_still_runs(sweep):

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +53,51 @@ def processes_mentioning(text: str) -> list[int]:
         if text in command:
             found.append(int(entry.name))
     return found
+
+
+def latest_checkpoint(run_dir: Path) -> str:
+    """Name of the latest checkpoint Ray Train registered for a run ("" before the first)."""
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):  # not written yet, or caught half-written
+        return ""
+    return (snapshot.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name", "")
+
+
+def wait_for(condition, process: subprocess.Popen, timeout_s: float, what: str) -> None:
+    """Poll `condition` until it holds; fail if `process` exits or `timeout_s` passes first."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert process.poll() is None, f"driver exited early with {process.returncode}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def end_processes_under(folder: Path) -> None:
+    """SIGKILL the processes whose command line names `folder` (a killed driver's Ray)."""
+    for pid in processes_mentioning(str(folder)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+# The run the interrupted runs of the determinism tests must retrace: 2 epochs of 8 steps on 2
+# workers, interim reports after batches 3 and 6, no sample grids (they only cost time here).
+DETERMINISM_RUN = {"train.epochs": 2, "train.report_every_steps": 3, "tracking.num_samples": 0,
+                   "train.seed": 11}  # fmt: skip
+_references: dict[str, Any] = {}
+
+
+def reference_run(tmp_path_factory):
+    """The uninterrupted `DETERMINISM_RUN` on the session cluster, trained once per session.
+
+    Returns:
+        (its `TrainingSummary`, the dataset folder it read).
+    """
+    if "run" not in _references:
+        from pipeline.train import run_training
+
+        work = tmp_path_factory.mktemp("reference")
+        data_root = prepare_tiny_dataset(work)
+        cfg = tiny_config(data_root, work, **DETERMINISM_RUN, **{"train.run_name": "reference"})
+        _references["run"] = (run_training(cfg), data_root)
+    return _references["run"]
