@@ -11,11 +11,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
-from s3_support import free_port
+from s3_support import free_port, wait_until_up
 
 
 class MlflowServer:
@@ -41,16 +39,10 @@ class MlflowServer:
                 command, stdout=log, stderr=log, start_new_session=True,
                 env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no job workers
             )  # fmt: skip
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.uri}/health", timeout=2).close()
-                return self
-            except OSError:  # refused, reset or timed out: not up yet
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"mlflow server did not start; see {self.log}") from None
-                time.sleep(0.5)
+        if not wait_until_up(f"{self.uri}/health", self.process, timeout_s):
+            self.stop()
+            raise RuntimeError(f"mlflow server did not start; see {self.log}")
+        return self
 
     def stop(self) -> None:
         if self.process is None:

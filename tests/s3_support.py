@@ -31,6 +31,19 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def wait_until_up(url: str, process: subprocess.Popen, timeout_s: float) -> bool:
+    """True once `url` answers; False if `process` exits or `timeout_s` passes first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return True
+        except OSError:  # refused, reset or timed out: not up yet
+            if process.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.3)
+
+
 class S3Server:
     """moto's S3 server on 127.0.0.1:`port`, started by `start()` and ended by `stop()`."""
 
@@ -52,16 +65,10 @@ class S3Server:
         command = [str(server), "-H", "127.0.0.1", "-p", str(self.port)]
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=log)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                urllib.request.urlopen(self.endpoint, timeout=1).close()
-                return self
-            except OSError:  # refused, reset or timed out: not up yet
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"moto_server did not start; see {self.log}") from None
-                time.sleep(0.2)
+        if not wait_until_up(self.endpoint, self.process, timeout_s):
+            self.stop()
+            raise RuntimeError(f"moto_server did not start; see {self.log}")
+        return self
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
