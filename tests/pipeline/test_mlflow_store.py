@@ -7,11 +7,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 
 from mlflow.tracking import MlflowClient
-from s3_support import free_port
+from s3_support import free_port, wait_until_up
 
 from pipeline import mlflow_store, storage
 
@@ -60,15 +58,8 @@ def test_serve_restores_serves_and_backs_up_on_stop(s3_server, tmp_path):
         server = subprocess.Popen(command, env=env, stdout=log, stderr=log,
                                   start_new_session=True)  # fmt: skip
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
-                break
-            except OSError:
-                assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "mlflow server did not start"
-                time.sleep(0.5)
+        up = wait_until_up(f"http://127.0.0.1:{port}/health", server, 240)
+        assert up, (tmp_path / "serve.log").read_text()[-3000:]
         client = MlflowClient(f"http://127.0.0.1:{port}")
         run = client.create_run(client.create_experiment("served"))
         assert not storage.is_file(backup)  # the first periodic copy is 10 minutes away
