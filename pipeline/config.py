@@ -144,6 +144,9 @@ class ScalingConfig:
     cpus_per_worker: float = 1.0  # logical CPUs Ray reserves for each worker
     max_failures: int = 1  # worker-group restarts from the last checkpoint (-1: forever)
     ray_address: str = ""  # cluster to attach to ("": RAY_ADDRESS if set, else a local one)
+    # The autoscaler's cluster config on the driver's node, read for its worker node types when
+    # the cluster reports none (`ray up` writes this file on the head; "": none).
+    autoscaler_config: str = "~/ray_bootstrap_config.yaml"
 
     def __post_init__(self) -> None:
         _at_least("scaling", self, 1, "num_workers")

@@ -21,6 +21,7 @@ import ray.util
 import yaml
 
 from pipeline import capacity
+from pipeline.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -109,21 +110,23 @@ def connect(
     DataContext.get_current().enable_progress_bars = False
 
 
-# Where `ray up` leaves the cluster config on the head (Ray Tune reads it to tell an autoscaling
-# cluster too); its `available_node_types` are what the autoscaler can add.
-BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
 WAIT_LOG_EVERY_S = 30.0
 
 
-def cluster_capacity() -> capacity.Capacity:
-    """The connected cluster's live nodes, and the node types its autoscaler can add: those the
-    cluster reports to the GCS (KubeRay, autoscaler v2), else `BOOTSTRAP_CONFIG`'s."""
+def cluster_capacity(autoscaler_config: str = "") -> capacity.Capacity:
+    """The connected cluster's live nodes, and the node types its autoscaler can add.
+
+    Node types come from what the cluster reports to the GCS (KubeRay, autoscaler v2), else from
+    the autoscaler's cluster config file `autoscaler_config` (`scaling.autoscaler_config`: where
+    `ray up` leaves it on the head, ~/ray_bootstrap_config.yaml, which Ray Tune reads too); none
+    when neither is there, and then only the nodes up count.
+    """
     nodes = tuple(
         {name: float(amount) for name, amount in node["Resources"].items()}
         for node in ray.nodes()
         if node["Alive"]
     )
-    node_types = _reported_node_types() or _bootstrap_node_types()
+    node_types = _reported_node_types() or _config_node_types(autoscaler_config)
     unknown = [kind.name for kind in node_types if not kind.resources]
     if unknown:
         logger.warning("autoscaler node types %s declare no resources: sizing by the nodes up, "
@@ -145,11 +148,19 @@ def _reported_node_types() -> tuple[capacity.NodeType, ...]:
     )
 
 
-def _bootstrap_node_types() -> tuple[capacity.NodeType, ...]:
-    path = Path(BOOTSTRAP_CONFIG).expanduser()
-    if not path.is_file():
+def _config_node_types(autoscaler_config: str) -> tuple[capacity.NodeType, ...]:
+    """The worker node types of an autoscaler cluster config (YAML or JSON); () if no file."""
+    path = Path(autoscaler_config).expanduser()
+    if not autoscaler_config or not path.is_file():
         return ()
-    config = yaml.safe_load(path.read_text()) or {}
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"scaling.autoscaler_config: {path}: not YAML{where}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"scaling.autoscaler_config: {path}: not a cluster config (a mapping)")
     head = config.get("head_node_type")
     return tuple(
         capacity.NodeType(name, {k: float(v) for k, v in (kind.get("resources") or {}).items()},

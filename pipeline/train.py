@@ -404,7 +404,8 @@ def run_training(
     dataset = data.open_prepared(storage.normalize(cfg.data.path), verify_checksums=cfg.data.verify)
     plan = runs.make_plan(cfg, dataset)
     ray_runtime.connect(address=cfg.scaling.ray_address or None)
-    per_worker, grows = cfg.scaling.worker_resources(), ray_runtime.cluster_capacity()
+    per_worker = cfg.scaling.worker_resources()
+    grows = ray_runtime.cluster_capacity(cfg.scaling.autoscaler_config)
     capacity.check_workers_fit(grows, per_worker, cfg.scaling.num_workers)  # before any output
     record, tracker = _open_run(cfg, resume, dataset, plan)
     if tags:

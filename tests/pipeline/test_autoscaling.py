@@ -61,15 +61,14 @@ def test_a_sweep_is_sized_by_the_grown_cluster_and_bounded_by_max_concurrent():
 
 
 @pytest.mark.ray
-def test_autoscaler_node_types_come_from_the_bootstrap_config(ray_cluster, tmp_path, monkeypatch):
+def test_autoscaler_node_types_come_from_the_bootstrap_config(ray_cluster, tmp_path):
     bootstrap = tmp_path / "ray_bootstrap_config.yaml"
     bootstrap.write_text(
         "head_node_type: head\navailable_node_types:\n"
         "  head: {resources: {CPU: 0}, max_workers: 0}\n"
         "  accel-worker: {resources: {CPU: 2, accel: 1}, min_workers: 0, max_workers: 3}\n"
     )
-    monkeypatch.setattr(ray_runtime, "BOOTSTRAP_CONFIG", str(bootstrap))
-    grows = ray_runtime.cluster_capacity()
+    grows = ray_runtime.cluster_capacity(str(bootstrap))
     assert grows.node_types == (NodeType("accel-worker", {"CPU": 2.0, "accel": 1.0}, 3),)
     assert grows.most()["accel"] == 3.0 and grows.most()["CPU"] >= 4.0 + 6.0
     check_workers_fit(grows, {"CPU": 1.0, "accel": 1.0}, workers=3)
@@ -113,3 +112,15 @@ def test_a_pending_worker_group_is_logged_with_what_it_waits_for(ray_cluster, mo
     assert lines[0].startswith("waiting for nodes: 2 training workers x {CPU: 1, accel: 1}; free")
     assert "the autoscaler can add accel-worker (up to 2 x {CPU: 2, accel: 1})" in lines[0]
     assert not ray_runtime.WaitForNodesLog({"CPU": 1.0, "accel": 1.0}, 2, grows).waiting()
+
+
+def test_a_broken_autoscaler_config_is_a_one_line_error_naming_the_file(tmp_path):
+    broken = tmp_path / "cluster.yaml"
+    broken.write_text("available_node_types:\n  gpu: {resources: {GPU: 1}\n")  # unclosed brace
+    with pytest.raises(ConfigError, match=rf"^scaling.autoscaler_config: {broken}: not YAML at "):
+        ray_runtime._config_node_types(str(broken))
+    broken.write_text("- a list, not a cluster config\n")
+    with pytest.raises(ConfigError, match="not a cluster config"):
+        ray_runtime._config_node_types(str(broken))
+    assert ray_runtime._config_node_types(str(tmp_path / "absent.yaml")) == ()
+    assert ray_runtime._config_node_types("") == ()

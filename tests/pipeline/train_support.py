@@ -101,3 +101,20 @@ def reference_run(tmp_path_factory):
         cfg = tiny_config(data_root, work, **DETERMINISM_RUN, **{"train.run_name": "reference"})
         _references["run"] = (run_training(cfg), data_root)
     return _references["run"]
+
+
+def end_session(session_id: int) -> list[int]:
+    """SIGKILL every live process of the session `session_id` (one this test started with
+    `start_new_session=True`, so only its own processes carry that id); returns their ids."""
+    ended = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if os.getsid(int(entry.name)) != session_id:
+                continue
+            os.kill(int(entry.name), signal.SIGKILL)
+            ended.append(int(entry.name))
+        except (ProcessLookupError, PermissionError):
+            continue
+    return ended
