@@ -11,7 +11,9 @@ are the same one-step `pixelrnn train` subprocess (the CIFAR-10 Row LSTM preset,
     python benchmarks/launch_to_first_step.py [--repeats 2] [--data DIR]
 
 Needs ../shared/data/cifar-10-batches-bin (or PIXELRNN_DATA_DIR); prepares it into a temporary
-folder unless `--data` names a prepared CIFAR-10.
+folder unless `--data` names a prepared CIFAR-10, e.g. one on object storage
+(`pixelrnn prepare cifar10 ... --output s3://BUCKET/cifar10`, then `--data s3://BUCKET/cifar10`
+with the usual AWS_* variables set), where the sha256 pass reads every byte over the network.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def prepare_cifar10(work: Path) -> Path:
     return output
 
 
-def first_step_s(data: Path, work: Path, name: str, verify: bool) -> float:
+def first_step_s(data: str, work: Path, name: str, verify: bool) -> float:
     """Seconds from launching `pixelrnn train` to its first logged training bits/dim."""
     from mlflow.tracking import MlflowClient
 
@@ -80,11 +82,12 @@ def first_step_s(data: Path, work: Path, name: str, verify: bool) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--data", type=Path, help="a prepared CIFAR-10 (default: prepare one)")
+    parser.add_argument("--data", help="a prepared CIFAR-10, a folder or a URI such as s3://... "
+                        "(default: prepare one in a temporary folder)")  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="launch-") as scratch:
         work = Path(scratch)
-        data = args.data or prepare_cifar10(work)
+        data = args.data or str(prepare_cifar10(work))
         manifest = read_manifest(str(data))
         shards = sum(len(split["shards"]) for split in manifest["splits"].values())
         started = time.perf_counter()
