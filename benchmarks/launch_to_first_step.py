@@ -36,6 +36,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PIXELRNN_DATA_DIR", ROOT.parent / "shared" / "data"))
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (the architecture where there is none)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.machine()
+
+
 def prepare_cifar10(work: Path) -> Path:
     source = SHARED / "cifar-10-batches-bin"
     if not source.is_dir():
@@ -99,7 +107,7 @@ def main() -> None:
                 verify = label.startswith("before")
                 name = f"{'verify' if verify else 'default'}-{repeat}"
                 times[label].append(first_step_s(data, work, name, verify))
-        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        print(f"machine: {cpu_model()}, {os.cpu_count()} cores; "
               f"python {platform.python_version()}")  # fmt: skip
         print(f"dataset: {data} ({shards} shards, {total_bytes(manifest) / 1e6:.1f} MB)")
         print(
