@@ -26,7 +26,7 @@ class PixelRNNBitsPerDim(mlflow.pyfunc.PythonModel):
         self.model = PixelRNN(ModelConfig(**payload["config"]["model"])).eval()
         self.model.load_state_dict(payload["model"])
 
-    def predict(self, context, model_input, params=None) -> np.ndarray:
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
         pixels = torch.as_tensor(np.asarray(model_input), dtype=torch.int64)  # (N, C, H, W)
         with torch.no_grad():
             nats = [nll_nats(self.model(chunk), chunk) for chunk in pixels.split(BATCH)]
