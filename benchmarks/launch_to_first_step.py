@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -28,20 +27,13 @@ import time
 from pathlib import Path
 
 import yaml
+from model_throughput import machine
 
 from pipeline.data import verify_with_progress
 from pipeline.datasets.manifest import read_manifest, total_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PIXELRNN_DATA_DIR", ROOT.parent / "shared" / "data"))
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (the architecture where there is none)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.machine()
 
 
 def prepare_cifar10(work: Path) -> Path:
@@ -107,8 +99,7 @@ def main() -> None:
                 verify = label.startswith("before")
                 name = f"{'verify' if verify else 'default'}-{repeat}"
                 times[label].append(first_step_s(data, work, name, verify))
-        print(f"machine: {cpu_model()}, {os.cpu_count()} cores; "
-              f"python {platform.python_version()}")  # fmt: skip
+        print(f"machine: {machine('cpu')}")
         print(f"dataset: {data} ({shards} shards, {total_bytes(manifest) / 1e6:.1f} MB)")
         print(
             f"sha256 pass alone: {hashing:.2f} s ({total_bytes(manifest) / hashing / 1e6:.0f} MB/s)"

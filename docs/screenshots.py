@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -67,7 +68,12 @@ def serve(uri: str, work: Path) -> tuple[str, subprocess.Popen | None]:
     command = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
                "--workers", "1", "--backend-store-uri", uri]  # fmt: skip
     log = open(work / "server.log", "wb")  # noqa: SIM115 (the server outlives this function)
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        command,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+    )
     base = f"http://127.0.0.1:{port}"
     for _ in range(240):
         try:
@@ -76,6 +82,7 @@ def serve(uri: str, work: Path) -> tuple[str, subprocess.Popen | None]:
         except OSError:
             time.sleep(0.5)
     server.kill()
+    server.wait()
     raise SystemExit(f"mlflow server did not start; see {work / 'server.log'}")
 
 

@@ -164,6 +164,10 @@ class ScalingConfig:
             resources[self.accelerator_resource] = 1.0
         return resources
 
+    def accelerator_unit(self) -> str:
+        """How messages name the accelerator resource: "GPUs", or the custom one, e.g. "'accel'"."""
+        return "GPUs" if self.accelerator_resource == "GPU" else repr(self.accelerator_resource)
+
 
 @dataclass(frozen=True)
 class TrackingConfig:

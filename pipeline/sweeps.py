@@ -58,7 +58,7 @@ def size_trials(cfg: ExperimentConfig, cluster: dict[str, float]) -> TrialSizing
     held = accelerator in scaling.worker_resources()
     gpus = float(scaling.num_workers) if held else 0.0
     have_cpus, have_gpus = cluster.get("CPU", 0.0), cluster.get(accelerator, 0.0)
-    unit = "GPUs" if accelerator == "GPU" else repr(accelerator)
+    unit = scaling.accelerator_unit()
     needs = (
         f"{tune.trial_driver_cpus:g} for its driver (tune.trial_driver_cpus) + "
         f"{scaling.num_workers} workers x {scaling.cpus_per_worker:g} (scaling.num_workers, "

@@ -130,7 +130,7 @@ def train_loop_per_worker(config: dict) -> dict:
         validate = _validator(cfg, model, dataset, val_order, bf16)
         worker = _Worker(cfg, plan, model, optimizer, rank, world, budget, timer)
         try:
-            step, train_metrics = worker.train(batches, epoch, progress, validate, bf16)
+            step, train_metrics = worker.train(batches, epoch, progress, skip, validate, bf16)
         except NonFiniteLossError as error:
             return {"status": "non_finite", "message": str(error), "epoch": epoch}
         metrics = {**train_metrics, **validate(), "epoch": epoch + 1, "step": step}
@@ -180,13 +180,13 @@ class _Worker:
     budget: TimeBudget
     timer: CheckpointTimer
 
-    def train(self, batches, epoch: int, progress: Progress, validate, bf16: bool):
+    def train(self, batches, epoch: int, progress: Progress, skip: int, validate, bf16: bool):
         """Train `epoch` from `progress` on; (steps in total, the epoch's metrics).
 
-        A mid-epoch `progress` (this epoch's) starts at its batch, with its metric sums (on
-        rank 0 only: they are over all ranks already).
+        `skip`: the batches of this epoch a mid-epoch `progress` had done (0: the epoch's
+        start); training starts after them, with that progress's metric sums (on rank 0 only:
+        they are over all ranks already).
         """
-        skip = progress.batches_in_epoch if progress.epoch == epoch else 0
         meters = progress.meters if skip and self.rank == 0 else ()
         cfg, budget = self.cfg, self.budget
         total_steps = self.plan.steps_per_epoch * cfg.train.epochs

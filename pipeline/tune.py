@@ -291,12 +291,11 @@ def run_sweep(cfg: ExperimentConfig, resume: bool = False) -> SweepSummary:
     # node up; its trials then wait for the nodes the autoscaler adds.
     grows = ray_runtime.cluster_capacity(cfg.scaling.autoscaler_config)
     capacity.check_workers_fit(grows, cfg.scaling.worker_resources(), cfg.scaling.num_workers)
-    sizing = sweeps.size_trials(cfg, grows.most())
-    accelerator = cfg.scaling.accelerator_resource
+    most = grows.most()
+    sizing = sweeps.size_trials(cfg, most)
     logger.info("each trial holds %g CPUs and %g %s; %d at a time; the cluster can grow to %s",
-                sizing.cpus_per_trial, sizing.gpus_per_trial,
-                "GPUs" if accelerator == "GPU" else repr(accelerator), sizing.max_concurrent,
-                capacity.describe(grows.most()))  # fmt: skip
+                sizing.cpus_per_trial, sizing.gpus_per_trial, cfg.scaling.accelerator_unit(),
+                sizing.max_concurrent, capacity.describe(most))  # fmt: skip
     record, tracker = _open_sweep(cfg, resume, dataset, space)
     try:
         _tuner(cfg, record, sizing, space, resume).fit()

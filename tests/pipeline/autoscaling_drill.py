@@ -34,6 +34,8 @@ MAX_WORKERS = 2
 
 
 def free_port() -> int:
+    """A free port on 127.0.0.1 (tests/s3_support.py has the same; this script runs without
+    tests/ on its path, which would also shadow the `tune_spaces` package with a test folder)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -70,13 +72,15 @@ def autoscaler_config(port: int) -> dict:
 def start_head(temp_dir: str, port: int, config_path: Path) -> subprocess.Popen:
     env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
     env.pop("RAY_ADDRESS", None)
-    command = ["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=1",
+    ray_cli = Path(sys.executable).with_name("ray")  # the one installed beside this Python
+    command = [str(ray_cli), "start", "--head", "--block", f"--port={port}", "--num-cpus=1",
                "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}",
                f"--autoscaling-config={config_path}", "--include-dashboard=true",
                "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}",
+               f"--dashboard-agent-listen-port={free_port()}",
+               f"--ray-client-server-port={free_port()}",
                f"--object-store-memory={100 * 1024**2}", "--disable-usage-stats"]  # fmt: skip
-    ray_cli = Path(sys.executable).with_name("ray")
-    return subprocess.Popen([str(ray_cli), *command[1:]], env=env)
+    return subprocess.Popen(command, env=env)
 
 
 def worker_nodes() -> list[dict]:
@@ -126,12 +130,10 @@ def main(config_path: str, temp_dir: str) -> None:
         runs = [client.get_run(trial.run_id).info for trial in summary.trials]
         trial_times = sorted((run.start_time / 1000 - started, run.end_time / 1000 - started)
                              for run in runs)  # fmt: skip
-        added = worker_nodes()
         print("DRILL " + json.dumps({
             "worker_nodes_before": before,
             "refused": refused,
-            "worker_nodes_added": [node["NodeID"] for node in added],
-            "node_manager_ids": [node["NodeManagerAddress"] for node in added],
+            "worker_nodes_added": [node["NodeID"] for node in worker_nodes()],
             "trial_statuses": [t.status for t in summary.trials],
             "trial_times": trial_times,  # (start, end) seconds after the sweep started
             "best_experiment": summary.best_experiment,

@@ -50,9 +50,9 @@ def test_a_sweep_with_no_worker_node_up_runs_its_trials_on_nodes_the_autoscaler_
     try:
         output, _ = drill.communicate(timeout=600)
         (tmp_path / "drill.log").write_text(output)
-    finally:
-        drill.kill()
-        end_session(drill.pid)  # the head and the nodes the autoscaler started, all of them
+    finally:  # the drill, its head and the nodes the autoscaler started: all of that session
+        end_session(drill.pid)
+        drill.wait()
         shutil.rmtree(temp_dir, ignore_errors=True)
     assert drill.returncode == 0, output[-6000:]
     (line,) = [line for line in output.splitlines() if line.startswith("DRILL ")]

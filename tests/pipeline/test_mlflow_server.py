@@ -8,15 +8,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
+from mlflow_support import MlflowServer
 from PIL import Image
 from train_support import VAL_IMAGES, prepare_tiny_dataset, tiny_config
 
@@ -27,12 +23,6 @@ from pipeline.train import run_training
 
 pytestmark = pytest.mark.ray
 MODEL_NAME = "pixelrnn-smoke"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def call(base: str, endpoint: str, body: dict | None = None, **query: str) -> dict:
@@ -48,35 +38,11 @@ def call(base: str, endpoint: str, body: dict | None = None, **query: str) -> di
 def server(tmp_path_factory):
     """`mlflow server` on 127.0.0.1 with a SQLite store and proxied artifacts in a temp folder."""
     work = tmp_path_factory.mktemp("server")
-    port = free_port()
-    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
-               "--port", str(port), "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{work}/mlflow.db",
-               "--artifacts-destination", str(work / "artifacts")]  # fmt: skip
-    log = open(work / "server.log", "wb")  # noqa: SIM115 (closed at teardown)
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=work)
-    base = f"http://127.0.0.1:{port}"
+    process = MlflowServer(work, str(work / "artifacts")).start(env=dict(os.environ))
     try:  # whatever happens, the server this test started is stopped
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2).close()
-                break
-            except OSError:  # refused, reset or timed out (URLError is an OSError too)
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(
-                        f"mlflow server did not start:\n{(work / 'server.log').read_text()}"
-                    )
-                time.sleep(0.5)
-        yield base
+        yield process.uri
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        process.stop()
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +72,7 @@ def test_sample_grids_are_images_with_the_steps_of_their_epochs(served_run):
     history = call(base, "/api/2.0/mlflow/metrics/get-history", run_id=summary.mlflow_run_id,
                    metric_key="epoch")["metrics"]  # fmt: skip
     epoch_steps = {int(metric["step"]) for metric in history}
-    assert len(epoch_steps) == 2
+    assert epoch_steps == {8, 16}  # 64 images / (2 workers x 4) = 8 steps per epoch
     files = call(base, "/api/2.0/mlflow/artifacts/list", run_id=summary.mlflow_run_id,
                  path="images")["files"]  # fmt: skip
     pngs = [f["path"] for f in files if f["path"].endswith(".png")]

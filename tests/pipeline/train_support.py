@@ -103,10 +103,9 @@ def reference_run(tmp_path_factory):
     return _references["run"]
 
 
-def end_session(session_id: int) -> list[int]:
+def end_session(session_id: int) -> None:
     """SIGKILL every live process of the session `session_id` (one this test started with
-    `start_new_session=True`, so only its own processes carry that id); returns their ids."""
-    ended = []
+    `start_new_session=True`, so only its own processes carry that id)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
@@ -114,7 +113,5 @@ def end_session(session_id: int) -> list[int]:
             if os.getsid(int(entry.name)) != session_id:
                 continue
             os.kill(int(entry.name), signal.SIGKILL)
-            ended.append(int(entry.name))
         except (ProcessLookupError, PermissionError):
             continue
-    return ended
