@@ -24,9 +24,9 @@ from pixelrnn_model.row_lstm import RowLSTM
 
 def _lstm_gates(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     """The textbook LSTM update on (B, 4h, L) pre-activations [o, f, i, g] and (B, h, L) cell:
-    separate autograd operations, as the obvious implementation writes it (the optimized layers
-    use one fused autograd node per step, `pixelrnn_model.conv_lstm.lstm_step`, for the same
-    numbers)."""
+    separate autograd operations, as the obvious implementation writes it (for the same numbers,
+    the optimized Row LSTM runs its whole scan as one autograd node, and the Diagonal BiLSTM
+    one `pixelrnn_model.conv_lstm.lstm_step` node per diagonal)."""
     o, f, i, g = gates.chunk(4, dim=1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     return torch.sigmoid(o) * torch.tanh(c), c

@@ -13,7 +13,6 @@ import functools
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 
 def state_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -75,9 +74,9 @@ def _new_step(input_gates: Tensor, taps: Tensor, weight: Tensor, c_prev: Tensor)
 
 
 def _differentiable_once(backward):
-    """`once_differentiable`, raising as soon as a graph of the gradient is requested: alone, it
-    raises only when a second backward reaches its node, which `autograd.grad` with chosen
-    inputs (gradgradcheck, gradient penalties) skips, silently dropping this node's share."""
+    """A backward that raises as soon as a graph of the gradient is requested (stricter than
+    `once_differentiable`, which raises only when a second backward reaches its node: what
+    `autograd.grad` with chosen inputs, as in gradgradcheck or gradient penalties, skips)."""
 
     @functools.wraps(backward)
     def wrapper(ctx, *grads):
@@ -86,7 +85,7 @@ def _differentiable_once(backward):
                 "the PixelRNN LSTM step is differentiable once (its backward is hand-written): "
                 "double backward through a Row LSTM or Diagonal BiLSTM is not supported"
             )
-        return once_differentiable(backward)(ctx, *grads)
+        return backward(ctx, *grads)
 
     return wrapper
 

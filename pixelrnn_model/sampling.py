@@ -19,8 +19,9 @@ METHODS = ("cached", "naive")
 
 
 def draw(logits: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
-    """Sample one value per row of (N, levels) logits at `temperature` -> int64 (N,), on the
-    generator's device (so one seeded generator gives the same draws for a model anywhere)."""
+    """Sample one value per row of (N, levels) logits at `temperature` -> int64 (N,) on the
+    logits' device, drawn on the generator's (so one seeded generator gives the same draws for
+    a model anywhere)."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     probs = torch.softmax(logits.float() / temperature, dim=-1)

@@ -27,11 +27,6 @@ def test_diagonal_order_visits_the_skewed_columns_in_order():
     assert from_right.tolist() == [6, 6, 6, 3, 1, 0]
 
 
-def test_shift_down_moves_rows_and_zeroes_the_first():
-    x = torch.arange(6).view(1, 1, 3, 2).float()
-    assert shift_down(x)[0, 0].tolist() == [[0, 0], [0, 1], [2, 3]]
-
-
 def lstm_cell(gates: torch.Tensor, c_prev: torch.Tensor):
     """The cell alone through `lstm_step`: no taps (k*h = 0), so the gates are the input's."""
     D, M, four_h = gates.shape
@@ -66,11 +61,11 @@ def plain_lstm_step(input_gates, taps, weight, c_prev):
     return plain_lstm_cell(torch.baddbmm(input_gates, taps, weight), c_prev)
 
 
-def step_inputs(requires_grad: bool = True) -> tuple[torch.Tensor, ...]:
+def step_inputs() -> tuple[torch.Tensor, ...]:
     """Random float64 (input_gates (2, 5, 12), taps (2, 5, 9), weight (2, 9, 12), c_prev)."""
     torch.manual_seed(0)
     shapes = (2, 5, 12), (2, 5, 9), (2, 9, 12), (2, 5, 3)
-    return tuple(torch.randn(s, dtype=torch.float64, requires_grad=requires_grad) for s in shapes)
+    return tuple(torch.randn(s, dtype=torch.float64, requires_grad=True) for s in shapes)
 
 
 @pytest.mark.parametrize("use_c", [True, False])

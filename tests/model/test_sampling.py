@@ -137,10 +137,10 @@ def test_seed_draws_with_a_generator_on_the_models_device():
         sample(model, 1, 2, 2, seed=1, generator=torch.Generator())
 
 
-def test_draws_run_on_the_generators_device():
-    # `draw` moves the probabilities to the generator's device and the values back, so a CPU
-    # generator works for a model on any device: here both are on CPU, and the draws equal
-    # torch.multinomial with that generator on the softmax.
+def test_draws_are_multinomial_with_the_generator_at_the_temperature():
+    # The draws equal torch.multinomial with that generator on the tempered softmax, and come
+    # back on the logits' device. (Its move to a generator on another device needs a GPU: here
+    # both are on CPU.)
     from pixelrnn_model.sampling import draw
 
     logits = torch.randn(5, 7, dtype=torch.float64)
