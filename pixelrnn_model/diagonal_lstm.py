@@ -2,56 +2,180 @@
 
 Position (r, j) on diagonal s = r + j reads the states of (r-1, j) and (r, j-1): the skewed
 map's 2-tap state-to-state conv over (r-1, s-1) and (r, s-1). The skewed map itself is never
-built: positions are gathered into diagonal-major order and each step is one diagonal; states
-outside the image are the initial state, which the zero-padded skewed map holds there.
+built: states live in diagonal-major "slots", each diagonal's positions (by row) followed by one
+pad slot holding the initial state, which the zero-padded skewed map holds outside the image.
+Then a diagonal's two taps are two contiguous runs of the previous diagonal's slots, and each
+step (both directions at once) is two products and the cell on slices of preallocated buffers.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pixelrnn_model.conv_lstm import ConvLSTMScan, lstm_step
+from pixelrnn_model.conv_lstm import (
+    ConvLSTMScan,
+    add_product,
+    cell,
+    cell_backward,
+    compute_dtype,
+    differentiable_once,
+    lstm_step,
+    state_dtype,
+)
 from pixelrnn_model.masked_conv import MaskedConv2d
 
 
-@lru_cache(maxsize=64)
-def diagonal_gathers(
-    height: int, width: int, device: torch.device
-) -> tuple[Tensor, Tensor, Tensor, tuple[int, ...]]:
-    """Indices between raster order and both directions' diagonal-major order (cached: every
-    layer of every forward pass uses the same geometry).
+@dataclass(frozen=True)
+class DiagonalSlots:
+    """Where each position's state lives in the diagonal-major slot layout of an H x W image.
 
-    Returns:
-        into_scan: int64 (2, H*W) raster index r*W + j of each diagonal-major row (sorted by
-            diagonal s = r + j, then by row), left-to-right, then right-to-left (which scans the
-            width-flipped image).
-        from_left: int64 (H*W,) for each raster position, its row in the left-to-right scan.
-        from_right: int64 (H*W,) for each raster position (r, j), the row of (r-1, j) in the
-            right-to-left scan: the paper's one-row shift; row 0 points at H*W, a zero row.
-        counts: the H+W-1 diagonal lengths.
+    Slots: 0 and 1 are pads; diagonal s (rows lo..hi) takes n = hi - lo + 1 slots from
+    `steps[s][1]`, then one pad. Pads hold the initial state; slot `slots` (the last) holds zeros.
+
+    Attributes:
+        slots: P, the number of slots before the zero slot.
+        steps: per diagonal s: (n, first slot, first slot of the up taps (r-1, j), first slot
+            of the left taps (r, j-1)); each run is n contiguous slots.
+        slot_of: int64 (2, H*W): for each raster position r*W + j, its slot left to right, and
+            right to left (the mirrored image's diagonals: the slot of (r, W-1-j)).
+        above_right: int64 (H*W,): the right-to-left slot of (r-1, j); row 0: the zero slot.
+        image, up, left: int64 (H*W,): every in-image slot, and the slots of its two taps.
+        pads: int64: the pad slots.
     """
-    rows = torch.arange(height, device=device).repeat_interleave(width)  # (H*W,) r
-    diagonal = rows + torch.arange(width, device=device).repeat(height)  # (H*W,) r + j
-    order = torch.argsort(diagonal * height + rows)
-    flipped = order // width * width + (width - 1 - order % width)  # same diagonals, mirrored
-    from_left, from_right = torch.empty_like(order), torch.empty_like(order)
-    from_left[order] = from_right[flipped] = torch.arange(order.numel(), device=device)
-    shifted = torch.full_like(from_right, order.numel())  # row 0: nothing above it
-    shifted[width:] = from_right[:-width]
-    counts = tuple(torch.bincount(diagonal, minlength=height + width - 1).tolist())
-    return torch.stack([order, flipped]), from_left, shifted, counts
+
+    slots: int
+    steps: tuple[tuple[int, int, int, int], ...]
+    slot_of: Tensor
+    above_right: Tensor
+    image: Tensor
+    up: Tensor
+    left: Tensor
+    pads: Tensor
+
+
+@lru_cache(maxsize=64)
+def diagonal_slots(height: int, width: int, device: torch.device) -> DiagonalSlots:
+    """The slot layout of an H x W image (cached: every layer of every pass uses it)."""
+    steps, slot_of, up, left = [], [0] * (height * width), [], []
+    offset, previous_lo, previous_n = 1, 0, 0  # diagonal -1: empty, its pad at slot 1
+    pads = [0, 1]
+    for s in range(height + width - 1):
+        lo, hi = max(0, s - width + 1), min(s, height - 1)
+        n, start = hi - lo + 1, offset + previous_n + 1
+        up_start, left_start = offset + lo - 1 - previous_lo, offset + lo - previous_lo
+        steps.append((n, start, up_start, left_start))
+        for r in range(lo, hi + 1):
+            slot_of[r * width + s - r] = start + r - lo
+        up.extend(range(up_start, up_start + n))
+        left.extend(range(left_start, left_start + n))
+        pads.append(start + n)
+        offset, previous_lo, previous_n = start, lo, n
+    slots = pads[-1] + 1
+    left_to_right = torch.tensor(slot_of)
+    mirrored = left_to_right.view(height, width).flip(1).reshape(-1)
+    above_right = torch.cat([torch.full((width,), slots), mirrored[:-width]])
+    image = torch.tensor(sorted(slot_of))
+
+    def to(values) -> Tensor:
+        return torch.as_tensor(values, dtype=torch.int64).to(device)
+
+    return DiagonalSlots(
+        slots, tuple(steps), to(torch.stack([left_to_right, mirrored])), to(above_right),
+        to(image), to(up), to(left), to(pads),
+    )  # fmt: skip
+
+
+class DiagonalScan(torch.autograd.Function):
+    """Both directions of a Diagonal BiLSTM layer's scan as one autograd node.
+
+    Forward: rows (H*W, B, 8h) the input-to-state gates in raster order, [o, f, i, g] left to
+    right then right to left; weight (2, 2h, 4h) state-to-state, rows (tap, channel) with taps
+    (r-1, j), (r, j-1); h0, c0 (2, h); the image's height and width. Returns (H*W, B, h): the
+    left-to-right state at (r, j) plus the right-to-left state at (r-1, j) (zero on row 0).
+    """
+
+    @staticmethod
+    def forward(ctx, rows, weight, h0, c0, height, width):
+        B, hid = rows.shape[1], weight.shape[1] // 2
+        G, D, dtype = 4 * hid, 2, compute_dtype(rows)
+        state, geo = state_dtype(dtype), diagonal_slots(height, width, rows.device)
+        P = geo.slots
+        ctx.dtypes = rows.dtype, weight.dtype, h0.dtype, c0.dtype
+        with torch.autocast(rows.device.type, enabled=False):
+            weight = weight.to(dtype)
+            w_up, w_left = weight[:, :hid], weight[:, hid:]
+            hs = rows.new_empty((D, P + 1, B, hid), dtype=dtype)
+            hs[:, :P] = h0[:, None, None]
+            hs[:, P] = 0
+            cs = rows.new_empty((D, P, B, hid), dtype=state)
+            cs[:] = c0[:, None, None]
+            acts = rows.new_empty((D, P, B, G), dtype=state)
+            gates = rows.to(state)
+            for d in range(D):
+                acts[d].index_copy_(0, geo.slot_of[d], gates[..., d * G : (d + 1) * G])
+            tanh_cs = torch.empty_like(cs)
+            for n, out, up, left in geo.steps:
+                a = _run(acts, out, n)  # (D, n*B, 4h)
+                add_product(a, _run(hs, up, n), w_up)
+                add_product(a, _run(hs, left, n), w_left)
+                c_prev, c, tanh_c = _run(cs, left, n), _run(cs, out, n), _run(tanh_cs, out, n)
+                cell(a, c_prev, a, c, tanh_c, _run(hs, out, n))
+            combined = hs[0].index_select(0, geo.slot_of[0])
+            combined += hs[1].index_select(0, geo.above_right)
+        ctx.save_for_backward(hs, cs, acts, tanh_cs, weight)
+        ctx.geo, ctx.learned = geo, (h0.requires_grad, c0.requires_grad)
+        return combined
+
+    @staticmethod
+    @differentiable_once
+    def backward(ctx, grad_out: Tensor):
+        hs, cs, acts, tanh_cs, weight = ctx.saved_tensors
+        geo, (D, hid), dtype = ctx.geo, (hs.shape[0], hs.shape[3]), hs.dtype
+        G = 4 * hid
+        ghs = torch.zeros_like(hs, dtype=cs.dtype)
+        ghs[0].index_copy_(0, geo.slot_of[0], grad_out.to(cs.dtype))
+        ghs[1].index_add_(0, geo.above_right, grad_out.to(cs.dtype))
+        gcs, grad_gates = torch.zeros_like(cs), torch.zeros_like(acts)
+        w_up_t, w_left_t = weight[:, :hid].transpose(1, 2), weight[:, hid:].transpose(1, 2)
+        for n, out, up, left in reversed(geo.steps):
+            gp, a = _run(grad_gates, out, n), _run(acts, out, n)  # (D, n*B, 4h)
+            grad_c, tanh_c, c_prev = _run(gcs, out, n), _run(tanh_cs, out, n), _run(cs, left, n)
+            grad_cell = cell_backward(_run(ghs, out, n), grad_c, a, c_prev, tanh_c, gp)
+            _run(gcs, left, n).addcmul_(grad_cell, a[..., hid : 2 * hid])
+            gp = gp.to(dtype)
+            add_product(_run(ghs, up, n), gp, w_up_t)
+            add_product(_run(ghs, left, n), gp, w_left_t)
+        grad_rows = torch.cat([grad_gates[d].index_select(0, geo.slot_of[d]) for d in range(D)], -1)
+        grads_at_image = grad_gates.index_select(1, geo.image).view(D, -1, G)  # state dtype
+        grad_weight = torch.cat(
+            [
+                hs.index_select(1, taps).view(D, -1, hid).to(cs.dtype).transpose(1, 2)
+                @ grads_at_image
+                for taps in (geo.up, geo.left)
+            ],
+            1,
+        )
+        grad_h0 = ghs.index_select(1, geo.pads).sum((1, 2)) if ctx.learned[0] else None
+        grad_c0 = gcs.index_select(1, geo.pads).sum((1, 2)) if ctx.learned[1] else None
+        grads = grad_rows, grad_weight, grad_h0, grad_c0
+        cast = [None if g is None else g.to(t) for g, t in zip(grads, ctx.dtypes, strict=True)]
+        return *cast, None, None
+
+
+def _run(buffer: Tensor, start: int, n: int) -> Tensor:
+    """Slots start..start+n-1 of a contiguous (D, slots, B, ch) buffer as a (D, n*B, ch) view."""
+    D, _, B, channels = buffer.shape
+    offset = buffer.storage_offset() + start * B * channels
+    return buffer.as_strided((D, n * B, channels), (buffer.stride(0), channels, 1), offset)
 
 
 class DiagonalBiLSTM(nn.Module):
     """Both directions (the right-to-left one on the width-flipped map, its output flipped back
-    and shifted down one row), scanned together, plus the 1x1 output convolution.
-
-    The scan calls `lstm_step` once per diagonal, not `ConvLSTMScan.forward` (the Row LSTM's
-    scan): diagonals differ in length, and a fixed-length scan would need the skewed map.
+    and shifted down one row), scanned together by `DiagonalScan`, plus the 1x1 output conv.
 
     Args:
         channels: residual stream width 2h (input and output).
@@ -68,46 +192,17 @@ class DiagonalBiLSTM(nn.Module):
         self.scan = ConvLSTMScan(hidden, 2, (1, 0), 2, learn_initial_state)
         self.output = MaskedConv2d(hidden, channels, 1, colours, "B")
 
+    @torch.compiler.disable  # the diagonals are a Python loop: traced, they unroll
     def forward(self, x: Tensor) -> Tensor:
         """(B, 2h, H, W) -> (B, 2h, H, W), channels-last."""
         B, _, H, W = x.shape
-        into_scan, from_left, from_right, counts = diagonal_gathers(H, W, x.device)
         gates = self.input_to_state(x)  # (B, 8h, H, W)
         rows = gates.permute(2, 3, 0, 1).reshape(H * W, B, -1)  # (H*W, B, 8h), a channels-last view
-        gathered = zip(rows.chunk(2, -1), into_scan, strict=True)  # each direction its own gates
-        sequence = torch.stack([part.index_select(0, index) for part, index in gathered])
-        hidden = self.scan_diagonals(sequence, counts, W)  # (2, H*W, B, 4h) -> (2, H*W, B, h)
-        right = F.pad(hidden[1], (0, 0, 0, 0, 0, 1))  # (H*W + 1, B, h): a zero row at the end
-        combined = hidden[0].index_select(0, from_left) + right.index_select(0, from_right)
+        h0, c0 = self.scan.initial_vectors(gates)  # each (2, h)
+        weight = self.scan.state_to_state_matrix()  # (2, 2h, 4h)
+        combined = DiagonalScan.apply(rows, weight, h0, c0, H, W)  # (H*W, B, h)
         combined = combined.view(H, W, B, -1).permute(2, 3, 0, 1)  # (B, h, H, W)
         return self.output(combined.to(x.dtype, memory_format=torch.channels_last))
-
-    def scan_diagonals(self, sequence: Tensor, counts: tuple[int, ...], width: int) -> Tensor:
-        """(D, H*W, B, 4h) diagonal-major input-to-state -> hidden states (D, H*W, B, h)."""
-        D, _, B, _ = sequence.shape
-        weight = self.scan.state_to_state_matrix()  # (D, 2h, 4h)
-        h0, c0 = self.scan.initial_state(B, 1, sequence)  # (D, B, 1, h)
-        h0, c0 = h0.transpose(1, 2), c0.transpose(1, 2)  # (D, 1, B, h)
-        h = c = h0.new_zeros(D, 0, B, self.hidden)  # states of diagonal -1 (empty)
-        first_row, outputs = 0, []
-        # split, not slicing: its backward is one cat instead of a zero map per step.
-        for s, input_gates in enumerate(sequence.split(counts, dim=1)):  # (D, n, B, 4h)
-            n, previous_first_row = input_gates.shape[1], first_row
-            first_row = max(0, s - width + 1)
-            offset = first_row - previous_first_row  # 0 or 1
-            # Previous diagonal's states covering rows first_row-1 .. first_row+n-1.
-            h_ext = torch.cat([h0, h, h0], dim=1)[:, offset : offset + n + 1]  # (D, n+1, B, h)
-            c_left = torch.cat([c0, c, c0], dim=1)[:, offset + 1 : offset + n + 1]  # (D, n, B, h)
-            taps = torch.cat([h_ext[:, :n], h_ext[:, 1:]], dim=-1)  # (D, n, B, 2h): r-1, r
-            h, c = lstm_step(
-                input_gates.reshape(D, n * B, -1),
-                taps.view(D, n * B, -1),
-                weight,
-                c_left.reshape(D, n * B, -1),
-            )
-            h, c = h.view(D, n, B, -1), c.view(D, n, B, -1)
-            outputs.append(h)
-        return torch.cat(outputs, dim=1)  # (D, H*W, B, h) diagonal-major
 
     def start_sampling(self, n: int, height: int, width: int, like: Tensor) -> dict[str, Tensor]:
         """The cache of `sample_at`, in image coordinates (initial state outside the image)."""

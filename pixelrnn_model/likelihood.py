@@ -21,8 +21,12 @@ def nll_nats(logits: Tensor, pixels: Tensor) -> Tensor:
     Returns:
         float32 (B,) nats per image.
     """
-    per_subpixel = F.cross_entropy(logits.float(), pixels, reduction="none")  # (B, C, H, W)
-    return per_subpixel.flatten(1).sum(1)
+    levels = logits.shape[1]
+    # Levels last: the network's logits hold them innermost in memory, so this is a view and
+    # the softmax runs over contiguous rows (over dim 1 of the 5-D view it runs strided).
+    rows = logits.float().movedim(1, -1).reshape(-1, levels)  # (B*C*H*W, levels)
+    per_subpixel = F.cross_entropy(rows, pixels.reshape(-1), reduction="none")
+    return per_subpixel.view(pixels.shape[0], -1).sum(1)
 
 
 def nats_to_bits_per_dim(nats_per_image: Tensor | float, dims: int) -> Tensor | float:

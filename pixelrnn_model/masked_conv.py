@@ -41,7 +41,11 @@ class MaskedConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         """(B, in, H, W) -> (B, out, H, W), convolving only the kernel's live window: rows below
         the centre (and, in a one-row kernel, taps right of it) are masked to zero for every
-        channel pair, so they are cropped away and the input padded to match."""
+        channel pair, so they are cropped away and the input padded to match. A 1x1 conv is a
+        matrix product over channels (torch's direct conv is slow for narrow maps on CPU)."""
+        if self.kernel_size == (1, 1):  # a product over channels: one GEMM, as for a Linear
+            out = F.linear(x.permute(0, 2, 3, 1), self.live_weight()[:, :, 0, 0], self.bias)
+            return out.permute(0, 3, 1, 2)  # (B, out, H, W), channels-last
         if self.crop_padding is None:
             return F.conv2d(x, self.live_weight(), self.bias, padding=self.padding)
         return F.conv2d(F.pad(x, self.crop_padding), self.live_weight(), self.bias)

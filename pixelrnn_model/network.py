@@ -15,7 +15,7 @@ from pixelrnn_model.config import ModelConfig
 from pixelrnn_model.diagonal_lstm import DiagonalBiLSTM
 from pixelrnn_model.masked_conv import MaskedConv2d
 from pixelrnn_model.pixelcnn import PixelCNNBlock
-from pixelrnn_model.row_lstm import RowLSTM
+from pixelrnn_model.row_lstm import RowLSTM, row_lstm_stack
 
 
 def make_layer(cfg: ModelConfig) -> nn.Module:
@@ -64,14 +64,27 @@ class PixelRNN(nn.Module):
         B, C, H, W = pixels.shape
         features = self.features(pixels).contiguous(memory_format=self.memory_format)
         x = self.input_conv(features)  # (B, 2h, H, W)
-        skip_sum = None
-        for index, layer in enumerate(self.layers):
-            out = layer(x)
-            x = x + out if self.config.residual else out
-            if self.config.skip:
-                skipped = self.skips[index](x)
-                skip_sum = skipped if skip_sum is None else skip_sum + skipped
-        features = skip_sum if self.config.skip else x
+        streams = self.streams(x)
+        features = self.skip_sum(streams) if self.config.skip else streams[-1]
         hidden = self.head_hidden(F.relu(features))  # (B, head, H, W)
         logits = self.head_output(F.relu(hidden))  # (B, C*levels, H, W), grouped by colour
         return logits.view(B, C, self.config.levels, H, W).transpose(1, 2)
+
+    def streams(self, x: Tensor) -> list[Tensor]:
+        """The residual stream (B, 2h, H, W) after each layer, from the first conv's output x."""
+        if self.config.layer == "row_lstm":  # the whole stack as one wavefront
+            return row_lstm_stack(x, list(self.layers), self.config.residual)
+        streams = []
+        for layer in self.layers:
+            out = layer(x)
+            x = x + out if self.config.residual else out
+            streams.append(x)
+        return streams
+
+    def skip_sum(self, streams: list[Tensor]) -> Tensor:
+        """The sum of every layer's 1x1 skip conv of its stream, as one product over the
+        concatenated streams: (B, H, W, L*2h) @ (L*2h, 2h) -> (B, 2h, H, W), channels-last."""
+        weight = torch.cat([skip.live_weight()[:, :, 0, 0] for skip in self.skips], 1)
+        bias = torch.stack([skip.bias for skip in self.skips]).sum(0)
+        stacked = torch.cat([stream.permute(0, 2, 3, 1) for stream in streams], -1)
+        return F.linear(stacked, weight, bias).permute(0, 3, 1, 2)

@@ -1,16 +1,20 @@
 """Row LSTM layer (van den Oord et al. 2016, section 3.1).
 
-A masked 1xk input-to-state convolution over the current row (computed for the whole map at
-once) and a k-wide state-to-state convolution over the previous row's state: each position sees
-a triangle above it and the pixels to its left.
+A masked 1xk input-to-state convolution over the current row and a k-wide state-to-state
+convolution over the previous row's state: each position sees a triangle above it and the pixels
+to its left. A stack of them runs as one wavefront (`row_wavefront.py`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import torch
 from torch import Tensor, nn
 
 from pixelrnn_model.conv_lstm import ConvLSTMScan, lstm_step
 from pixelrnn_model.masked_conv import MaskedConv2d
+from pixelrnn_model.row_wavefront import RowWavefront
 
 
 class RowLSTM(nn.Module):
@@ -35,11 +39,8 @@ class RowLSTM(nn.Module):
         self.output = MaskedConv2d(hidden, channels, 1, colours, "B")
 
     def forward(self, x: Tensor) -> Tensor:
-        """(B, 2h, H, W) -> (B, 2h, H, W)."""
-        gates = self.input_to_state(x)  # (B, 4h, H, W)
-        sequence = gates.permute(2, 0, 3, 1).unsqueeze(0)  # (1, H, B, W, 4h), a view
-        hidden = self.scan(sequence)[0]  # (H, B, W, h), laid out in memory like the gates
-        return self.output(hidden.permute(1, 3, 0, 2))  # (B, h, H, W) -> (B, 2h, H, W)
+        """(B, 2h, H, W) -> (B, 2h, H, W), channels-last: this layer alone."""
+        return row_lstm_stack(x, [self], residual=False)[0]
 
     def start_sampling(self, n: int, height: int, width: int, like: Tensor) -> dict[str, Tensor]:
         """The cache of `sample_at`: row i's inputs, row i-1's taps and cell states, row i's."""
@@ -64,3 +65,49 @@ class RowLSTM(nn.Module):
         """Row i's states become the states above row i+1."""
         cache["taps"] = self.scan.gather_taps(cache["h"])
         cache["c_above"], cache["c"] = cache["c"], cache["c_above"]
+
+
+@torch.compiler.disable  # the steps are a Python loop: traced, they unroll (12+ min to compile)
+def row_lstm_stack(x: Tensor, layers: Sequence[RowLSTM], residual: bool) -> list[Tensor]:
+    """Run Row LSTM layers one after another on x, as one wavefront.
+
+    Args:
+        x: (B, 2h, H, W) the first layer's input.
+        layers: RowLSTM layers of one shape (same h, k and masks).
+        residual: each layer's output is added to its input (else it replaces it).
+
+    Returns:
+        L tensors (B, 2h, H, W), channels-last: the stream after each layer.
+    """
+    first = layers[0]
+    rows, cols = first.input_to_state.live
+    pad = first.input_to_state.padding[1]
+    geometry = (
+        cols.stop - cols.start,  # x's taps
+        max(0, pad - cols.start),  # zero columns left of x
+        max(0, cols.stop - 1 - pad),  # zero columns right of x
+        first.scan.pad[0],  # zero columns left of the state
+    )
+    if rows.stop - rows.start != 1:
+        raise ValueError("a Row LSTM's input-to-state kernel must have one live row")
+    weights = [[] for _ in range(7)]
+    for layer in layers:
+        w_in = layer.input_to_state.live_weight()[:, :, 0]  # (4h, 2h, kx)
+        h0, c0 = layer.scan.initial_vectors(x)  # each (1, h)
+        for store, value in zip(
+            weights,
+            (
+                w_in.permute(2, 1, 0).reshape(-1, w_in.shape[0]),  # (kx*2h, 4h)
+                layer.input_to_state.bias,
+                layer.scan.state_to_state_matrix()[0],  # (k*h, 4h)
+                layer.output.live_weight()[:, :, 0, 0].t(),  # (h, 2h)
+                layer.output.bias,
+                h0[0],
+                c0[0],
+            ),
+            strict=True,
+        ):
+            store.append(value)
+    stacked = [torch.stack(values) for values in weights]
+    stream = RowWavefront.apply(x, *stacked, geometry, residual)  # (L, B, H, W, 2h)
+    return list(stream.permute(0, 1, 4, 2, 3).unbind(0))

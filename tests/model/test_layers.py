@@ -1,4 +1,4 @@
-"""Diagonal geometry, the LSTM step and the scans against hand-written references."""
+"""Diagonal geometry, the LSTM cell and the scans against hand-written references."""
 
 import math
 
@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from pixelrnn_model.conv_lstm import ConvLSTMScan, lstm_step
-from pixelrnn_model.diagonal_lstm import DiagonalBiLSTM, diagonal_gathers
+from pixelrnn_model.conv_lstm import ConvLSTMScan, cell, cell_backward, lstm_step
+from pixelrnn_model.diagonal_lstm import DiagonalBiLSTM, diagonal_slots
+from pixelrnn_model.row_lstm import RowLSTM, row_lstm_stack
 
 
 def shift_down(x: torch.Tensor) -> torch.Tensor:
@@ -16,15 +17,33 @@ def shift_down(x: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (0, 0, 1, 0))[:, :, :-1]
 
 
-def test_diagonal_order_visits_the_skewed_columns_in_order():
-    # 2x3 image, raster indices [[0 1 2] [3 4 5]]; skewed columns: {0}, {1, 3}, {2, 4}, {5}.
-    into_scan, raster, from_right, counts = diagonal_gathers(2, 3, torch.device("cpu"))
-    assert into_scan[0].tolist() == [0, 1, 3, 2, 4, 5]
-    assert into_scan[1].tolist() == [2, 1, 5, 0, 4, 3]  # the mirrored image's diagonals
-    assert counts == (1, 2, 2, 1)
-    assert torch.equal(into_scan[0][raster], torch.arange(6))
-    # (r, j) reads the right-to-left state of (r-1, j); row 0 reads the zero row 6.
-    assert from_right.tolist() == [6, 6, 6, 3, 1, 0]
+def test_diagonal_slots_of_a_2x3_image():
+    # raster indices [[0 1 2] [3 4 5]]; diagonals {0}, {1, 3}, {2, 4}, {5}; slots 0, 1 are pads,
+    # then each diagonal's positions by row and one pad: 2:(0) 3:pad 4:(1) 5:(3) 6:pad ...
+    geo = diagonal_slots(2, 3, torch.device("cpu"))
+    assert geo.slot_of[0].tolist() == [2, 4, 7, 5, 8, 10]
+    assert geo.slot_of[1].tolist() == [7, 4, 2, 10, 8, 5]  # (r, j): the slot of (r, 2 - j)
+    assert geo.steps == ((1, 2, 0, 1), (2, 4, 1, 2), (2, 7, 3, 4), (1, 10, 7, 8))
+    assert geo.slots == 12 and geo.pads.tolist() == [0, 1, 3, 6, 9, 11]
+    assert geo.above_right.tolist() == [12, 12, 12, 7, 4, 2]  # row 0 reads the zero slot
+
+
+@pytest.mark.parametrize("height, width", [(1, 1), (1, 5), (5, 1), (3, 3), (4, 7), (7, 4)])
+def test_every_diagonal_taps_its_up_and_left_neighbours_or_a_pad(height, width):
+    geo = diagonal_slots(height, width, torch.device("cpu"))
+    slot_of = geo.slot_of[0].view(height, width)
+    position = {int(slot_of[r, j]): (r, j) for r in range(height) for j in range(width)}
+    assert len(position) == height * width and not set(position) & set(geo.pads.tolist())
+    assert set(position) | set(geo.pads.tolist()) == set(range(geo.slots))
+    for s, (n, out, up, left) in enumerate(geo.steps):
+        for a in range(n):
+            r, j = position[out + a]
+            assert r + j == s
+            assert position.get(up + a, "pad") == ((r - 1, j) if r else "pad")
+            assert position.get(left + a, "pad") == ((r, j - 1) if j else "pad")
+    assert geo.up.tolist() == [up + a for n, _, up, _ in geo.steps for a in range(n)]
+    assert geo.left.tolist() == [left + a for n, _, _, left in geo.steps for a in range(n)]
+    assert geo.image.tolist() == [out + a for n, out, _, _ in geo.steps for a in range(n)]
 
 
 def lstm_cell(gates: torch.Tensor, c_prev: torch.Tensor):
@@ -56,145 +75,120 @@ def plain_lstm_cell(gates, c_prev):
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
-def plain_lstm_step(input_gates, taps, weight, c_prev):
-    """The step as textbook autograd operations."""
-    return plain_lstm_cell(torch.baddbmm(input_gates, taps, weight), c_prev)
-
-
-def step_inputs() -> tuple[torch.Tensor, ...]:
-    """Random float64 (input_gates (2, 5, 12), taps (2, 5, 9), weight (2, 9, 12), c_prev)."""
+def test_lstm_step_matches_the_plain_step():
     torch.manual_seed(0)
-    shapes = (2, 5, 12), (2, 5, 9), (2, 9, 12), (2, 5, 3)
-    return tuple(torch.randn(s, dtype=torch.float64, requires_grad=True) for s in shapes)
-
-
-@pytest.mark.parametrize("use_c", [True, False])
-def test_step_backward_matches_autograd_of_the_plain_step(use_c):
-    inputs = step_inputs()
-    assert torch.autograd.gradcheck(lstm_step, inputs)
-    weights = torch.randn(2, 5, 3, dtype=torch.float64), torch.randn(2, 5, 3, dtype=torch.float64)
-
-    def loss(step):
-        h, c = step(*inputs)
-        return (h * weights[0]).sum() + ((c * weights[1]).sum() if use_c else 0)
-
-    fused = torch.autograd.grad(loss(lstm_step), inputs)
-    plain = torch.autograd.grad(loss(plain_lstm_step), inputs)
-    for ours, theirs in zip(fused, plain, strict=True):
+    gates, taps, weight, c_prev = (
+        torch.randn(s, dtype=torch.float64) for s in ((2, 5, 12), (2, 5, 9), (2, 9, 12), (2, 5, 3))
+    )
+    expected = plain_lstm_cell(torch.baddbmm(gates, taps, weight), c_prev)
+    for ours, theirs in zip(lstm_step(gates, taps, weight, c_prev), expected, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
-    with torch.no_grad():  # inference takes the buffer path without a node: same numbers
-        for ours, theirs in zip(lstm_step(*inputs), plain_lstm_step(*inputs), strict=True):
-            torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
 
 
-def test_step_double_backward_raises_instead_of_returning_wrong_numbers():
-    # The step's backward is hand-written from saved values, so its gradient has no graph: a
-    # second derivative through it must fail loudly, both through .backward() and through
-    # autograd.grad with chosen inputs (which once_differentiable alone lets through silently).
-    inputs = step_inputs()
-    with pytest.raises(RuntimeError, match="differentiable once"):
-        torch.autograd.grad(lstm_step(*inputs)[0].sum(), inputs[0], create_graph=True)
-    with pytest.raises(RuntimeError, match="differentiable once"):
-        torch.autograd.gradgradcheck(lstm_step, inputs)
-
-
-def float64_scan(hidden: int, kernel: int, pad: tuple[int, int], directions: int, learned: bool):
-    """A float64 ConvLSTMScan; a learned initial state is drawn at random (not zero)."""
-    scan = ConvLSTMScan(hidden, kernel, pad, directions, learn_initial_state=learned).double()
-    if learned:
-        torch.nn.init.normal_(scan.initial_hidden)
-        torch.nn.init.normal_(scan.initial_cell)
-    return scan
-
-
-@pytest.mark.parametrize("kernel, pad, directions", [(3, (1, 1), 1), (2, (1, 0), 2)])
-@pytest.mark.parametrize("learned", [False, True])
-def test_scan_matches_a_per_step_conv1d_reference(kernel, pad, directions, learned):
+def test_cell_backward_matches_autograd_of_the_plain_cell():
+    # `cell_backward` (dL/dpre and the total dL/dc) against autograd through the textbook cell,
+    # with gradients arriving at both h and c.
     torch.manual_seed(0)
-    hidden, T, N, L = 4, 5, 2, 6
-    scan = float64_scan(hidden, kernel, pad, directions, learned)
-    inputs = torch.randn(directions, T, N, L, 4 * hidden, dtype=torch.float64)
-    out = scan(inputs)
-    for d in range(directions):
-        h = c = torch.zeros(N, hidden, L, dtype=torch.float64)
-        if learned:
-            h = scan.initial_hidden[d].view(1, hidden, 1).expand(N, hidden, L)
-            c = scan.initial_cell[d].view(1, hidden, 1).expand(N, hidden, L)
-        for t in range(T):
-            recurrent = F.conv1d(F.pad(h, pad), scan.state_to_state[d])  # (N, 4h, L)
-            gates = inputs[d, t].permute(0, 2, 1) + recurrent
-            h, c = plain_lstm_cell(gates.transpose(1, 2), c.transpose(1, 2))
-            h, c = h.transpose(1, 2), c.transpose(1, 2)
-            torch.testing.assert_close(out[d, t], h.transpose(1, 2), rtol=1e-12, atol=1e-12)
+    pre, c_prev = torch.randn(5, 12, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    grad_h, grad_c = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    activations, (c, tanh_c, h) = torch.empty_like(pre), (torch.empty_like(c_prev) for _ in "chc")
+    cell(pre, c_prev, activations, c, tanh_c, h)
+    grad_pre = torch.empty_like(pre)
+    grad_cell = cell_backward(grad_h, grad_c, activations, c_prev, tanh_c, grad_pre)
+    inputs = pre.clone().requires_grad_(), c_prev.clone().requires_grad_()
+    h_ref, c_ref = plain_lstm_cell(*inputs)
+    torch.testing.assert_close(h, h_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(c, c_ref, rtol=1e-12, atol=1e-12)
+    expected = torch.autograd.grad((h_ref * grad_h).sum() + (c_ref * grad_c).sum(), inputs)
+    torch.testing.assert_close(grad_pre, expected[0], rtol=1e-12, atol=1e-12)
+    forget = activations[:, 3:6]
+    torch.testing.assert_close(grad_cell * forget, expected[1], rtol=1e-12, atol=1e-12)
 
 
-def _per_step_scan(scan: ConvLSTMScan, inputs: torch.Tensor) -> torch.Tensor:
-    """The scan as plain autograd operations, one step at a time: (D, T, N, L, 4h) -> (D, T, N,
-    L, h)."""
-    D, T, N, L, _ = inputs.shape
-    h, c = scan.initial_state(N, L, inputs)
-    weight = scan.state_to_state_matrix()  # (D, k*h, 4h), rows (tap, channel)
-    outputs = []
-    for t in range(T):
-        taps = F.pad(h, (0, 0, *scan.pad)).unfold(2, scan.kernel, 1)  # (D, N, L, h, k)
-        taps = taps.transpose(3, 4).reshape(D, N * L, -1)  # (D, N*L, k*h), (tap, channel)
-        gates = torch.baddbmm(inputs[:, t].reshape(D, N * L, -1), taps, weight)
-        o, f, i, g = gates.chunk(4, dim=-1)
-        c = torch.sigmoid(f) * c.reshape(D, N * L, -1) + torch.sigmoid(i) * torch.tanh(g)
-        h = (torch.sigmoid(o) * torch.tanh(c)).view(D, N, L, -1)
-        outputs.append(h)
-    return torch.stack(outputs, dim=1)
+def float64_row_layers(count: int, kernel: int, learned: bool, hidden: int = 3) -> list[RowLSTM]:
+    """Float64 Row LSTM layers (3 colours); a learned initial state is drawn at random."""
+    layers = [RowLSTM(2 * hidden, hidden, 3, kernel, learned).double() for _ in range(count)]
+    for layer in layers:
+        for parameter in layer.parameters():
+            torch.nn.init.normal_(parameter, std=0.5)
+    return layers
 
 
-@pytest.mark.parametrize(
-    "kernel, pad, directions", [(3, (1, 1), 1), (2, (1, 0), 2), (5, (2, 2), 1), (3, (2, 0), 1)]
-)
+def per_step_row_lstm(layer: RowLSTM, x: torch.Tensor) -> torch.Tensor:
+    """One Row LSTM layer as plain autograd operations, a Conv1d per row: (B, 2h, H, W) ->
+    (B, 2h, H, W). The masked input-to-state conv is the dense one (weight * mask)."""
+    conv = layer.input_to_state
+    gates = F.conv2d(x, conv.weight * conv.mask, conv.bias, padding=conv.padding)  # (B, 4h, H, W)
+    B, _, H, W = gates.shape
+    hidden, scan = layer.scan.hidden, layer.scan
+    h0, c0 = scan.initial_vectors(x)
+    h = h0[0].view(1, hidden, 1).expand(B, hidden, W)
+    c = c0[0].view(1, hidden, 1).expand(B, hidden, W)
+    rows = []
+    for i in range(H):
+        step = gates[:, :, i] + F.conv1d(F.pad(h, scan.pad), scan.state_to_state[0])  # (B, 4h, W)
+        h, c = plain_lstm_cell(step.transpose(1, 2), c.transpose(1, 2))
+        h, c = h.transpose(1, 2), c.transpose(1, 2)
+        rows.append(h)
+    hidden_map = torch.stack(rows, dim=2)  # (B, h, H, W)
+    out = layer.output
+    return F.conv2d(hidden_map, out.weight * out.mask, out.bias)
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 5])
 @pytest.mark.parametrize("learned", [False, True])
-@pytest.mark.parametrize("batch_major", [False, True])
-def test_scan_backward_matches_per_step_autograd(kernel, pad, directions, learned, batch_major):
-    # The scan's hand-written backward through time against autograd on the per-step graph:
-    # gradients of the input, the state-to-state weight and the learned initial state. With
-    # batch_major the input is laid out (D, N, T, L, 4h) in memory, as a channels-last map gives
-    # the Row LSTM, and its gradient must come back in that layout.
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("layers, height", [(1, 4), (3, 2), (3, 5), (2, 1)])
+def test_row_wavefront_matches_per_layer_per_row_autograd(
+    kernel, learned, residual, layers, height
+):
+    # The wavefront over a stack (layer l at row t - l, all layers in one node, a hand-written
+    # backward) against each layer alone, row by row, through autograd: outputs and the
+    # gradients of the input and of every parameter (the learned initial state included).
     torch.manual_seed(0)
-    hidden, T, N, L = 4, 5, 3, 6
-    scan = float64_scan(hidden, kernel, pad, directions, learned)
-    shape = (directions, T, N, L, 4 * hidden)
-    if batch_major:
-        inputs = torch.randn(directions, N, T, L, 4 * hidden, dtype=torch.float64)
-        inputs = inputs.transpose(1, 2).requires_grad_()
-    else:
-        inputs = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-    upstream = torch.randn(directions, T, N, L, hidden, dtype=torch.float64)
-    wrt = [inputs, *scan.parameters()]
-    out = scan(inputs)
-    ours = torch.autograd.grad((out * upstream).sum(), wrt)
-    expected_out = _per_step_scan(scan, inputs)
-    theirs = torch.autograd.grad((expected_out * upstream).sum(), wrt)
-    torch.testing.assert_close(out, expected_out, rtol=1e-12, atol=1e-12)
-    assert len(ours) == (4 if learned else 2)
+    stack = float64_row_layers(layers, kernel, learned)
+    x = torch.randn(2, 6, height, 5, dtype=torch.float64, requires_grad=True)
+    streams = row_lstm_stack(x, stack, residual)
+    expected, stream = [], x
+    for layer in stack:
+        out = per_step_row_lstm(layer, stream)
+        stream = stream + out if residual else out
+        expected.append(stream)
+    upstream = torch.randn(layers, *x.shape, dtype=torch.float64)
+    wrt = [x] + [p for layer in stack for p in layer.parameters()]
+    ours = torch.autograd.grad((torch.stack(streams) * upstream).sum(), wrt)
+    theirs = torch.autograd.grad((torch.stack(expected) * upstream).sum(), wrt)
+    for mine, reference in zip(streams, expected, strict=True):
+        torch.testing.assert_close(mine, reference, rtol=1e-12, atol=1e-12)
     for mine, reference in zip(ours, theirs, strict=True):
         torch.testing.assert_close(mine, reference, rtol=1e-10, atol=1e-12)
-    assert out.stride(2) > out.stride(1) if batch_major else out.is_contiguous()
-    assert ours[0].stride() == inputs.stride()
+    assert all(s.is_contiguous(memory_format=torch.channels_last) for s in streams)
 
 
-def test_flop_counter_sees_all_of_the_scans_products():
-    # benchmarks/model_throughput.py reports GFLOP/s from torch's FlopCounterMode, which does
-    # not count in-place products (baddbmm_): the fused scan must show the same work as the
-    # per-step graph, forward and backward.
+def test_scans_refuse_double_backward():
+    # The scans' backwards are hand-written from saved values, so their gradients have no graph:
+    # a second derivative must fail loudly, through autograd.grad with create_graph as well.
     torch.manual_seed(0)
-    scan = ConvLSTMScan(6, 3, (1, 1), 1, learn_initial_state=True)
-    inputs = torch.randn(1, 4, 2, 5, 24, requires_grad=True)
+    x = torch.randn(1, 6, 3, 4, dtype=torch.float64, requires_grad=True)
+    for layer in (float64_row_layers(1, 3, True)[0], DiagonalBiLSTM(6, 3, 3, True).double()):
+        with pytest.raises(RuntimeError, match="differentiable once"):
+            torch.autograd.grad(layer(x).sum(), x, create_graph=True)
 
-    def counted(run) -> int:
-        with FlopCounterMode(display=False) as counter:
-            run(scan, inputs).sum().backward()
-        return counter.get_total_flops()
 
-    expected = counted(_per_step_scan)
-    assert expected > 0
-    assert counted(ConvLSTMScan.__call__) == expected
+def test_flop_counter_sees_all_of_the_wavefronts_products():
+    # benchmarks/model_throughput.py reports GFLOP/s from torch's FlopCounterMode: the wavefront
+    # must show all of its work. Per position and layer the forward is three products (live
+    # input taps kx*2h -> 4h, state taps k*h -> 4h, h -> 2h); the backward twice that.
+    torch.manual_seed(0)
+    hidden, kernel, count, (B, H, W) = 3, 3, 2, (2, 4, 5)
+    stack = float64_row_layers(count, kernel, learned=True, hidden=hidden)
+    x = torch.randn(B, 2 * hidden, H, W, dtype=torch.float64, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        torch.stack(row_lstm_stack(x, stack, residual=True)).sum().backward()
+    live_taps = stack[0].input_to_state.live[1].stop - stack[0].input_to_state.live[1].start
+    per_position = 2 * (live_taps * 2 * hidden * 4 * hidden + kernel * hidden * 4 * hidden)
+    per_position += 2 * hidden * 2 * hidden
+    assert counter.get_total_flops() == 3 * per_position * count * B * H * W
 
 
 def test_scan_rejects_padding_that_changes_length():
@@ -222,8 +216,9 @@ def skewed_direction_reference(gates, weight):
     return torch.stack([hidden[:, :, r, r : r + W] for r in range(H)], dim=2)
 
 
-@pytest.mark.parametrize("height, width", [(4, 6), (6, 3), (5, 5), (1, 4)])
+@pytest.mark.parametrize("height, width", [(4, 6), (6, 3), (5, 5), (1, 4), (4, 1), (1, 1)])
 def test_diagonal_bilstm_equals_the_skewed_map_reference(height, width):
+    # Outputs and the input's and every weight's gradients against one Conv1d per skewed column.
     torch.manual_seed(0)
     layer = DiagonalBiLSTM(channels=6, hidden=3, colours=3, learn_initial_state=False).double()
     for parameter in layer.parameters():
@@ -237,6 +232,25 @@ def test_diagonal_bilstm_equals_the_skewed_map_reference(height, width):
     actual = layer(x)
     torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
     upstream = torch.randn_like(expected)
-    (ours,) = torch.autograd.grad(actual, x, upstream)
-    (theirs,) = torch.autograd.grad(expected, x, upstream)
-    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    wrt = [x, *layer.parameters()]
+    ours = torch.autograd.grad(actual, wrt, upstream)
+    theirs = torch.autograd.grad(expected, wrt, upstream)
+    for mine, reference in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(mine, reference, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("height, width", [(3, 4), (4, 2)])
+def test_diagonal_scan_gradients_with_a_learned_initial_state(height, width):
+    # gradcheck (finite differences) of the hand-written backward, the initial state included.
+    torch.manual_seed(0)
+    layer = DiagonalBiLSTM(channels=6, hidden=3, colours=3, learn_initial_state=True).double()
+    for parameter in layer.parameters():
+        torch.nn.init.normal_(parameter, std=0.5)
+    x = torch.randn(1, 6, height, width, dtype=torch.float64, requires_grad=True)
+    names = [name for name, _ in layer.named_parameters()]
+    values = tuple(p.detach().clone().requires_grad_() for p in layer.parameters())
+
+    def run(x, *params):
+        return torch.func.functional_call(layer, dict(zip(names, params, strict=True)), (x,))
+
+    assert torch.autograd.gradcheck(run, (x, *values))

@@ -1,0 +1,237 @@
+"""Host overhead of a training step: aten ops dispatched, the tiny-width floor, full-size img/s.
+
+Each figure is measured for two versions of `pixelrnn_model`: this checkout's and a baseline
+commit's (extracted with `git archive` into a temporary folder), each in its own subprocess,
+the two alternating round by round (one interleaved run, so both see the same machine state).
+
+- ops: aten ops one training step (forward + backward of bits/dim, batch 1) dispatches, counted
+  by a `TorchDispatchMode`; "kernels" leaves out views (no kernel launch on a GPU).
+- tiny: the same training step with the preset's width cut to h=3 (head 6), batch 1, where
+  nothing but dispatch costs time: best of `--repeats` steps, ms.
+- full: the preset as built, training steps (forward + backward + RMSProp) at its batch size,
+  images/s (best of `--repeats` steps after a warm-up step).
+- sample: the cached and naive samplers at 12x12, 1 image, tiny width, s/image.
+
+    python benchmarks/dispatch.py [--baseline REV] [--rounds N] [--repeats N]
+        [--what ops tiny full sample] [--presets NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = (
+    "cifar10_row_lstm",
+    "cifar10_diagonal_bilstm",
+    "mnist_diagonal_bilstm",
+    "cifar10_pixelcnn",
+)
+FULL_BATCH = {"cifar10_row_lstm": 8, "cifar10_diagonal_bilstm": 8, "mnist_diagonal_bilstm": 32}
+
+
+def _pixels(cfg, batch: int, size: int):
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, cfg.levels, (batch, cfg.channels, size, size), generator=generator)
+
+
+def _model(preset: str, tiny: bool):
+    import torch
+
+    from pixelrnn_model import PRESETS as ALL
+    from pixelrnn_model import PixelRNN
+
+    cfg = ALL[preset]
+    if tiny:
+        cfg = dataclasses.replace(cfg, hidden_channels=3 * cfg.channels, head_channels=6)
+    torch.manual_seed(0)
+    return PixelRNN(cfg)
+
+
+def _size(preset: str) -> int:
+    return 28 if preset.startswith("mnist") else 32
+
+
+def count_ops(preset: str) -> dict:
+    """Aten ops (and those that are not views) of one training step of the full preset."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from pixelrnn_model import bits_per_dim
+
+    class Counter(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = self.kernels = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops += 1
+            self.kernels += not func.is_view
+            return func(*args, **(kwargs or {}))
+
+    model = _model(preset, tiny=False)
+    pixels = _pixels(model.config, 1, _size(preset))
+    bits_per_dim(model(pixels), pixels).backward()  # warm-up: caches, lazy initialisation
+    model.zero_grad()
+    with Counter() as counter:
+        bits_per_dim(model(pixels), pixels).backward()
+    return {"ops": counter.ops, "kernels": counter.kernels}
+
+
+def time_steps(preset: str, tiny: bool, repeats: int) -> float:
+    """Best seconds of a training step (tiny: forward + backward at batch 1; full: + RMSProp at
+    the preset's benchmark batch)."""
+    import torch
+
+    from pixelrnn_model import bits_per_dim
+
+    model = _model(preset, tiny)
+    pixels = _pixels(model.config, 1 if tiny else FULL_BATCH[preset], _size(preset))
+    optimizer = None if tiny else torch.optim.RMSprop(model.parameters(), lr=1e-4)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first is a warm-up
+        start = time.perf_counter()
+        loss = bits_per_dim(model(pixels), pixels)
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        if optimizer is not None:
+            optimizer.step()
+        best = min(best, time.perf_counter() - start) if _ else best
+    return best
+
+
+def time_sampling(preset: str, method: str) -> float:
+    """Seconds to draw one 12x12 image with the tiny-width model."""
+    import torch
+
+    from pixelrnn_model.sampling import sample
+
+    model = _model(preset, tiny=True)
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    sample(model, 1, 12, 12, seed=0, method=method)
+    return time.perf_counter() - start
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One measurement in this process; prints one JSON line."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.what == "ops":
+        result = count_ops(args.preset)
+    elif args.what == "sample":
+        result = {m: time_sampling(args.preset, m) for m in ("cached", "naive")}
+    else:
+        result = {"seconds": time_steps(args.preset, args.what == "tiny", args.repeats)}
+    print(json.dumps(result))
+
+
+def extract(rev: str, folder: Path) -> Path:
+    """The baseline's pixelrnn_model/ under folder (a PYTHONPATH root)."""
+    archive = subprocess.run(
+        ["git", "archive", rev, "pixelrnn_model"], cwd=ROOT, capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
+
+
+def measure(root: Path, preset: str, what: str, repeats: int, threads: int) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(root))
+    command = [sys.executable, __file__, "--worker", "--preset", preset, "--what", what]
+    command += ["--repeats", str(repeats), "--threads", str(threads)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=root)
+    if done.returncode:
+        raise RuntimeError(f"{preset} {what} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--baseline", default="e50ed63", help="git revision to compare against")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch_threads())
+    parser.add_argument("--what", nargs="+", default=["ops", "tiny", "full", "sample"])
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS))
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--preset", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        args.what = args.what[0] if isinstance(args.what, list) else args.what
+        worker(args)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        roots = {"before": extract(args.baseline, Path(folder)), "after": ROOT}
+        print(f"# {machine()}; baseline {args.baseline}; {args.threads} threads", flush=True)
+        results: dict = {}
+        for what in args.what:
+            presets = [p for p in args.presets if what != "full" or p in FULL_BATCH]
+            rounds = 1 if what == "ops" else args.rounds
+            for round_ in range(rounds):
+                order = ("before", "after") if round_ % 2 == 0 else ("after", "before")
+                for preset in presets:
+                    for version in order:
+                        got = measure(roots[version], preset, what, args.repeats, args.threads)
+                        results.setdefault((what, preset, version), []).append(got)
+                        print(json.dumps([what, preset, version, got]), flush=True)
+        report(results)
+
+
+def report(results: dict) -> None:
+    """Markdown tables: per figure, before, after and after/before (best over rounds)."""
+    for (what, preset, version), got in sorted(results.items()):
+        if version != "before":
+            continue
+        after = results[(what, preset, "after")]
+        if what == "ops":
+            b, a = got[0], after[0]
+            print(
+                f"| ops | {preset} | {b['ops']:,} ({b['kernels']:,}) | "
+                f"{a['ops']:,} ({a['kernels']:,}) | {a['ops'] / b['ops']:.3f} |"
+            )
+        elif what == "sample":
+            for method in ("cached", "naive"):
+                b = min(g[method] for g in got)
+                a = min(g[method] for g in after)
+                print(f"| sample {method} s/img | {preset} | {b:.2f} | {a:.2f} | {a / b:.3f} |")
+            b = min(g["naive"] for g in got) / min(g["cached"] for g in got)
+            a = min(g["naive"] for g in after) / min(g["cached"] for g in after)
+            print(f"| naive/cached | {preset} | {b:.2f}x | {a:.2f}x | |")
+        else:
+            b = min(g["seconds"] for g in got)
+            a = min(g["seconds"] for g in after)
+            if what == "tiny":
+                print(f"| tiny ms | {preset} | {b * 1e3:.1f} | {a * 1e3:.1f} | {a / b:.3f} |")
+            else:
+                batch = FULL_BATCH[preset]
+                print(
+                    f"| full img/s (batch {batch}) | {preset} | {batch / b:.2f} | "
+                    f"{batch / a:.2f} | {b / a:.3f} (speed-up) |"
+                )
+
+
+def torch_threads() -> int:
+    return min(os.cpu_count() or 1, 2)
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as info:
+            names = [line.split(":", 1)[1].strip() for line in info if "model name" in line]
+        cpu = names[0] if names else cpu
+    return f"{cpu}; {os.cpu_count()} cores; Python {sys.version.split()[0]}"
+
+
+if __name__ == "__main__":
+    main()
