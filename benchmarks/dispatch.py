@@ -10,7 +10,8 @@ the two alternating round by round (one interleaved run, so both see the same ma
   nothing but dispatch costs time: best of `--repeats` steps, ms.
 - full: the preset as built, training steps (forward + backward + RMSProp) at its batch size,
   images/s (best of `--repeats` steps after a warm-up step).
-- sample: the cached and naive samplers at 12x12, 1 image, tiny width, s/image.
+- sample, sample24: the cached and naive samplers at 12x12, 1 image, the preset's depth at
+  h=3 (head 6) and at h=24 (head 48), s/image.
 
     python benchmarks/dispatch.py [--baseline REV] [--rounds N] [--repeats N]
         [--what ops tiny full sample] [--presets NAME ...]
@@ -45,15 +46,17 @@ def _pixels(cfg, batch: int, size: int):
     return torch.randint(0, cfg.levels, (batch, cfg.channels, size, size), generator=generator)
 
 
-def _model(preset: str, tiny: bool):
+def _model(preset: str, tiny: bool, hidden: int = 3):
     import torch
 
     from pixelrnn_model import PRESETS as ALL
     from pixelrnn_model import PixelRNN
 
     cfg = ALL[preset]
-    if tiny:
-        cfg = dataclasses.replace(cfg, hidden_channels=3 * cfg.channels, head_channels=6)
+    if tiny:  # hidden = 3 (head 6): the tiny width; wider for the sampling comparison
+        cfg = dataclasses.replace(
+            cfg, hidden_channels=hidden * cfg.channels, head_channels=2 * hidden * cfg.channels
+        )
     torch.manual_seed(0)
     return PixelRNN(cfg)
 
@@ -109,13 +112,13 @@ def time_steps(preset: str, tiny: bool, repeats: int) -> float:
     return best
 
 
-def time_sampling(preset: str, method: str) -> float:
-    """Seconds to draw one 12x12 image with the tiny-width model."""
+def time_sampling(preset: str, method: str, hidden: int) -> float:
+    """Seconds to draw one 12x12 image with the preset's depth at width h = hidden (head 2h)."""
     import torch
 
     from pixelrnn_model.sampling import sample
 
-    model = _model(preset, tiny=True)
+    model = _model(preset, tiny=True, hidden=hidden)
     torch.manual_seed(0)
     start = time.perf_counter()
     sample(model, 1, 12, 12, seed=0, method=method)
@@ -129,8 +132,9 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     if args.what == "ops":
         result = count_ops(args.preset)
-    elif args.what == "sample":
-        result = {m: time_sampling(args.preset, m) for m in ("cached", "naive")}
+    elif args.what.startswith("sample"):  # sample (tiny width) or sample24 (h = 24)
+        hidden = int(args.what.removeprefix("sample") or 3)
+        result = {m: time_sampling(args.preset, m, hidden) for m in ("cached", "naive")}
     else:
         result = {"seconds": time_steps(args.preset, args.what == "tiny", args.repeats)}
     print(json.dumps(result))
@@ -199,14 +203,14 @@ def report(results: dict) -> None:
                 f"| ops | {preset} | {b['ops']:,} ({b['kernels']:,}) | "
                 f"{a['ops']:,} ({a['kernels']:,}) | {a['ops'] / b['ops']:.3f} |"
             )
-        elif what == "sample":
+        elif what.startswith("sample"):
             for method in ("cached", "naive"):
                 b = min(g[method] for g in got)
                 a = min(g[method] for g in after)
-                print(f"| sample {method} s/img | {preset} | {b:.2f} | {a:.2f} | {a / b:.3f} |")
+                print(f"| {what} {method} s/img | {preset} | {b:.2f} | {a:.2f} | {a / b:.3f} |")
             b = min(g["naive"] for g in got) / min(g["cached"] for g in got)
             a = min(g["naive"] for g in after) / min(g["cached"] for g in after)
-            print(f"| naive/cached | {preset} | {b:.2f}x | {a:.2f}x | |")
+            print(f"| {what} naive/cached | {preset} | {b:.2f}x | {a:.2f}x | |")
         else:
             b = min(g["seconds"] for g in got)
             a = min(g["seconds"] for g in after)

@@ -3,10 +3,10 @@ and initial state (`ConvLSTMScan`), and the cell written once with its adjoint.
 
 A step: input-to-state gates + each position's k neighbouring states ("taps") times the
 state-to-state matrix, then the LSTM cell. The scans (`row_wavefront.py`, the Diagonal BiLSTM's
-`_DiagonalScan`) run whole layers as one autograd node each, calling `cell` and `cell_backward`
-on views of preallocated buffers; the cached samplers call `lstm_step`. Under autocast the
-products run in bf16, and activations, cell states and the weights' gradient sums stay in
-float32 (`state_dtype`).
+`DiagonalScan`) run whole layers as one autograd node each, calling `cell` and `cell_backward`
+on views of preallocated buffers; the cached samplers call it through `CellBuffers`. Under
+autocast the products run in bf16, and activations, cell states and the weights' gradient sums
+stay in float32 (`state_dtype`).
 """
 
 from __future__ import annotations
@@ -37,12 +37,43 @@ def cell(pre: Tensor, c_prev: Tensor, activations: Tensor, c: Tensor, tanh_c: Te
     h = sigmoid(o) * tanh(c).
     """
     hidden = c.shape[-1]
-    torch.sigmoid(pre[..., : 3 * hidden], out=activations[..., : 3 * hidden])
-    torch.tanh(pre[..., 3 * hidden :], out=activations[..., 3 * hidden :])
-    output_gate, forget_gate, input_gate, content = activations.split(hidden, -1)
-    torch.mul(forget_gate, c_prev, out=c).addcmul_(input_gate, content)
+    pre_parts = pre[..., : 3 * hidden], pre[..., 3 * hidden :]
+    activation_parts = activations[..., : 3 * hidden], activations[..., 3 * hidden :]
+    gates = activations.split(hidden, -1)
+    _cell(pre_parts, activation_parts, gates, c_prev, c, tanh_c, h)
+
+
+def _cell(pre_parts, activation_parts, gates, c_prev, c, tanh_c, h) -> None:
+    """`cell` on views made by the caller: pre and activations cut into (sigmoid part, tanh
+    part), and the activations' four gates."""
+    torch.sigmoid(pre_parts[0], out=activation_parts[0])
+    torch.tanh(pre_parts[1], out=activation_parts[1])
+    output_gate, forget_gate, input_gate, content = gates
+    torch.mul(forget_gate, c_prev, out=c).addcmul_(input_gate, content)  # f * c_prev + i * g
     torch.tanh(c, out=tanh_c)
     torch.mul(output_gate, tanh_c, out=h)
+
+
+class CellBuffers:
+    """`cell`'s buffers for one position of n images, their views made once (the samplers).
+
+    Attributes:
+        pre: (n, 4h) in the products' dtype (a new buffer, or the view given): write the
+            pre-activations here, then call.
+    """
+
+    def __init__(self, n: int, hidden: int, like: Tensor, pre: Tensor | None = None):
+        state = state_dtype(like.dtype)
+        self.pre = like.new_empty(n, 4 * hidden) if pre is None else pre
+        activations = like.new_empty(n, 4 * hidden, dtype=state)
+        self.tanh_c = like.new_empty(n, hidden, dtype=state)
+        self.pre_parts = self.pre[:, : 3 * hidden], self.pre[:, 3 * hidden :]
+        self.activation_parts = activations[:, : 3 * hidden], activations[:, 3 * hidden :]
+        self.gates = activations.split(hidden, -1)
+
+    def __call__(self, c_prev: Tensor, c: Tensor, h: Tensor) -> None:
+        """The cell of `pre` and c_prev (n, h), into c and h (n, h)."""
+        _cell(self.pre_parts, self.activation_parts, self.gates, c_prev, c, self.tanh_c, h)
 
 
 def cell_backward(
@@ -96,29 +127,6 @@ def differentiable_once(backward):
         return backward(ctx, *grads)
 
     return wrapper
-
-
-@torch.no_grad()
-def lstm_step(
-    input_gates: Tensor, taps: Tensor, weight: Tensor, c_prev: Tensor
-) -> tuple[Tensor, Tensor]:
-    """One convolutional LSTM step for M positions, without gradient (the cached samplers).
-
-    Args:
-        input_gates: (D, M, 4h) input-to-state pre-activations [o, f, i, g].
-        taps: (D, M, k*h) previous states at each position's k taps, ordered (tap, channel).
-        weight: (D, k*h, 4h) from `ConvLSTMScan.state_to_state_matrix`.
-        c_prev: (D, M, h) previous cell state.
-
-    Returns:
-        (h, c), each (D, M, h), in `state_dtype(input_gates.dtype)`.
-    """
-    state = state_dtype(input_gates.dtype)
-    activations = input_gates.to(state, copy=True)
-    add_product(activations, taps.to(input_gates.dtype), weight.to(input_gates.dtype))
-    h, c, tanh_c = (c_prev.new_empty(c_prev.shape, dtype=state) for _ in range(3))
-    cell(activations, c_prev.to(state), activations, c, tanh_c, h)
-    return h, c
 
 
 class ConvLSTMScan(nn.Module):

@@ -17,13 +17,13 @@ import torch
 from torch import Tensor, nn
 
 from pixelrnn_model.conv_lstm import (
+    CellBuffers,
     ConvLSTMScan,
     add_product,
     cell,
     cell_backward,
     compute_dtype,
     differentiable_once,
-    lstm_step,
     state_dtype,
 )
 from pixelrnn_model.masked_conv import MaskedConv2d
@@ -204,36 +204,52 @@ class DiagonalBiLSTM(nn.Module):
         combined = combined.view(H, W, B, -1).permute(2, 3, 0, 1)  # (B, h, H, W)
         return self.output(combined.to(x.dtype, memory_format=torch.channels_last))
 
-    def start_sampling(self, n: int, height: int, width: int, like: Tensor) -> dict[str, Tensor]:
+    def start_sampling(self, n: int, height: int, width: int, like: Tensor) -> dict:
         """The cache of `sample_at`, in image coordinates (initial state outside the image)."""
-        h0, c0 = (state[:, :, 0] for state in self.scan.initial_state(n, 1, like))  # (D, n, h)
+        hidden, state = self.hidden, state_dtype(like.dtype)
+        h0, c0 = self.scan.initial_vectors(like)  # each (2, h)
         # Left-to-right states of row i at columns -1..W-1 (column -1: the initial state).
-        h, c = (state[0, :, None].repeat(1, width + 1, 1) for state in (h0, c0))  # (n, W+1, h)
-        cache = dict(h0=h0, c0=c0, h=h, c=c, h_above=h[:, 1:].clone())  # row -1: initial state
-        cache["right_above"] = h0.new_zeros(n, width, self.hidden)  # zero: the one-row shift
-        cache["right_gates"] = like.new_empty(n, width, 4 * self.hidden)  # row i, right-to-left
-        return cache
+        h = like.new_empty(n, width + 1, hidden)
+        c = like.new_empty(n, width + 1, hidden, dtype=state)
+        h[:], c[:] = h0[0], c0[0]
+        gates = like.new_empty(n, 8 * hidden)  # both directions' input-to-state at (i, j)
+        weight = self.scan.state_to_state_matrix()  # (2, 2h, 4h): taps (i-1, j), (i, j-1)
+        return dict(
+            h0=h0, c0=c0, h=h, c=c,
+            h_above=h[:, 1:].clone(),  # row -1: the initial state
+            right_above=like.new_zeros(n, width, hidden),  # zero: the one-row shift
+            right_gates=like.new_empty(n, width, 4 * hidden),  # row i's right-to-left gates
+            gates=gates, right_part=gates[:, 4 * hidden :],
+            cell=CellBuffers(n, hidden, like, pre=gates[:, : 4 * hidden]),
+            right_cell=CellBuffers(n, hidden, like),
+            c_right=like.new_empty(2, n, hidden, dtype=state),
+            taps=[(w[:hidden], w[hidden:]) for w in weight],  # per direction: (up, left)
+        )  # fmt: skip
 
-    def sample_at(self, cache: dict[str, Tensor], i: int, j: int, x: Tensor) -> Tensor:
+    def sample_at(self, cache: dict, i: int, j: int, x: Tensor) -> Tensor:
         """Layer input (n, 2h) at (i, j) -> output (n, 2h): the left-to-right step at (i, j) plus
         the right-to-left state of (i-1, j)."""
-        left_gates, cache["right_gates"][:, j] = self.input_to_state.at(x).chunk(2, -1)
-        taps = torch.cat([cache["h_above"][:, j], cache["h"][:, j]], -1)  # (i-1, j), (i, j-1)
-        weight = self.scan.state_to_state_matrix()[:1]
-        h, c = lstm_step(left_gates[None], taps[None], weight, cache["c"][None, :, j])
-        cache["h"][:, j + 1], cache["c"][:, j + 1] = h[0], c[0]
-        return self.output.at(h[0] + cache["right_above"][:, j])
+        self.input_to_state.point(x, out=cache["gates"])  # (n, 8h)
+        cache["right_gates"][:, j] = cache["right_part"]
+        up, left = cache["taps"][0]
+        cache["cell"].pre.addmm_(cache["h_above"][:, j], up).addmm_(cache["h"][:, j], left)
+        h = cache["h"][:, j + 1]
+        cache["cell"](cache["c"][:, j], cache["c"][:, j + 1], h)
+        return self.output.point(h + cache["right_above"][:, j])
 
-    def finish_row(self, cache: dict[str, Tensor], i: int) -> None:
+    def finish_row(self, cache: dict, i: int) -> None:
         """Scan row i right to left (it reaches the output one row down, after the whole row)."""
-        width = cache["right_above"].shape[1]
-        weight = self.scan.state_to_state_matrix()[1:]
-        above = cache["right_above"] if i else cache["h0"][1, :, None].expand_as(cache["h_above"])
-        h, c = cache["h0"][1], cache["c0"][1]  # (n, h), right of the last column
+        n, width, hidden = cache["right_above"].shape
+        (up, left), right_cell = cache["taps"][1], cache["right_cell"]
+        h0, c0 = cache["h0"][1], cache["c0"][1]
+        above = cache["right_above"] if i else h0.expand(n, width, hidden)
         right = torch.empty_like(cache["right_above"])  # (n, W, h)
-        for j in reversed(range(width)):
-            taps = torch.cat([above[:, j], h], -1)  # (n, 2h): r-1, r
-            h, c = lstm_step(cache["right_gates"][None, :, j], taps[None], weight, c[None])
-            h, c = h[0], c[0]
-            right[:, j] = h
-        cache["right_above"], cache["h_above"] = right, cache["h"][:, 1:].clone()
+        h, c = h0.expand(n, hidden), c0.expand(n, hidden)  # right of the last column
+        for step, j in enumerate(reversed(range(width))):
+            torch.addmm(cache["right_gates"][:, j], above[:, j], up, out=right_cell.pre)
+            right_cell.pre.addmm_(h, left)
+            c_new = cache["c_right"][step % 2]
+            right_cell(c, c_new, right[:, j])
+            h, c = right[:, j], c_new
+        cache["right_above"] = right
+        cache["h_above"].copy_(cache["h"][:, 1:])

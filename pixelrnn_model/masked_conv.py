@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -37,6 +38,7 @@ class MaskedConv2d(nn.Conv2d):
         self.register_buffer("mask", mask, persistent=False)
         self.live, self.crop_padding = _live_window(mask, self.padding)
         self.frozen: Tensor | None = None
+        self.frozen_matrix: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, in, H, W) -> (B, out, H, W), convolving only the kernel's live window: rows below
@@ -58,24 +60,63 @@ class MaskedConv2d(nn.Conv2d):
         return self.weight[:, :, rows, cols] * self.mask[:, :, rows, cols]
 
     def freeze(self, frozen: bool) -> None:
-        """Compute `live_weight` once and reuse it until unfrozen (sampling: weights are fixed)."""
-        self.frozen = None
-        self.frozen = self.live_weight().detach() if frozen else None
+        """Compute `live_weight` and `matrix` once and reuse them until unfrozen (sampling)."""
+        self.frozen = self.frozen_matrix = None
+        if frozen:
+            self.frozen = self.live_weight().detach()
+            self.frozen_matrix = self.matrix()
 
-    def at(self, x: Tensor, i: int = 0, j: int = 0, outputs: slice = slice(None)) -> Tensor:
-        """The output (n, out) (or its `outputs` channels) at position (i, j) of the input map
-        x (n, in, H, W), from the live window around it; a 1x1 conv also takes x (n, in)."""
-        weight = self.live_weight()[outputs].flatten(1)  # (out, in * live rows * live cols)
-        if x.dim() > 2:
-            rows, cols = self.live
-            top, left = i - self.padding[0] + rows.start, j - self.padding[1] + cols.start
-            bottom, right = i - self.padding[0] + rows.stop, j - self.padding[1] + cols.stop
-            x = x[:, :, max(top, 0) : bottom, max(left, 0) : right]  # clipped to the map
-            above, before = max(-top, 0), max(-left, 0)
-            below, after = bottom - top - above - x.shape[2], right - left - before - x.shape[3]
-            if above or below or before or after:  # zero outside the map
-                x = F.pad(x, (before, after, above, below))  # (n, in, live rows, live cols)
-        return F.linear(x.flatten(1), weight, self.bias[outputs])
+    def matrix(self) -> Tensor:
+        """The live weight as a matrix over channels-last windows: (live rows * live cols * in,
+        out), rows ordered (row, column, input channel)."""
+        if self.frozen_matrix is not None:
+            return self.frozen_matrix
+        weight = self.live_weight()
+        return weight.permute(2, 3, 1, 0).reshape(-1, weight.shape[0])
+
+    def point(self, x: Tensor, outputs: slice | None = None, out: Tensor | None = None) -> Tensor:
+        """A 1x1 conv at one position: x (n, in) -> (n, out), or its `outputs` channels."""
+        matrix, bias = self.matrix(), self.bias
+        if outputs is not None:
+            matrix, bias = matrix[:, outputs], bias[outputs]
+        return torch.addmm(bias, x, matrix, out=out)
+
+
+class ConvWindow:
+    """A masked conv evaluated at one position at a time, over a zero-padded channels-last map
+    filled position by position (the cached samplers).
+
+    Args:
+        conv: the convolution.
+        n, height, width: the map's batch and size.
+        like: a tensor of the map's dtype and device.
+    """
+
+    def __init__(self, conv: MaskedConv2d, n: int, height: int, width: int, like: Tensor):
+        (rows, cols), (pad_h, pad_w) = conv.live, conv.padding
+        self.conv, self.rows, self.cols = conv, rows.stop - rows.start, cols.stop - cols.start
+        self.up, self.left = pad_h - rows.start, pad_w - cols.start  # window above / left of (i, j)
+        down, right = max(0, rows.stop - 1 - pad_h), max(0, cols.stop - 1 - pad_w)
+        shape = (n, height + self.up + down, width + self.left + right, conv.in_channels)
+        self.map = like.new_zeros(shape)
+
+    def put(self, i: int, j: int, value: Tensor, channel: int | None = None) -> None:
+        """Set the map at (i, j): value (n, in), or (n,) for one channel."""
+        n, _, width, channels = self.map.shape
+        offset = ((i + self.up) * width + j + self.left) * channels + (channel or 0)
+        size, stride = ((n, channels), (self.map.stride(0), 1))
+        if channel is not None:
+            size, stride = (n,), stride[:1]
+        self.map.as_strided(size, stride, self.map.storage_offset() + offset).copy_(value)
+
+    def at(self, i: int, j: int, out: Tensor | None = None) -> Tensor:
+        """The conv's output at (i, j): (n, out)."""
+        n, _, width, channels = self.map.shape
+        stride = self.map.stride()
+        size = (n, self.rows, self.cols, channels)
+        offset = self.map.storage_offset() + (i * width + j) * channels
+        window = self.map.as_strided(size, stride, offset)  # (n, rows, cols, in)
+        return self.conv.point(window.reshape(n, -1), out=out)
 
 
 def _live_window(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pixelrnn_model.masked_conv import MaskedConv2d
+from pixelrnn_model.masked_conv import ConvWindow, MaskedConv2d
 
 
 class PixelCNNBlock(nn.Module):
@@ -30,14 +30,15 @@ class PixelCNNBlock(nn.Module):
         x = self.conv(F.relu(x))
         return self.output(F.relu(x))
 
-    def start_sampling(self, n: int, height: int, width: int, like: Tensor) -> dict[str, Tensor]:
+    def start_sampling(self, n: int, height: int, width: int, like: Tensor) -> dict:
         """The cache of `sample_at`: the masked conv's input map, filled position by position."""
-        return {"reduced": like.new_zeros(n, self.conv.in_channels, height, width)}
+        return {"reduced": ConvWindow(self.conv, n, height, width, like)}
 
-    def sample_at(self, cache: dict[str, Tensor], i: int, j: int, x: Tensor) -> Tensor:
+    def sample_at(self, cache: dict, i: int, j: int, x: Tensor) -> Tensor:
         """Layer input (n, 2h) at (i, j) -> layer output (n, 2h)."""
-        cache["reduced"][:, :, i, j] = F.relu(self.reduce.at(F.relu(x)))
-        return self.output.at(F.relu(self.conv.at(cache["reduced"], i, j)))
+        reduced = cache["reduced"]
+        reduced.put(i, j, self.reduce.point(F.relu(x)).relu_())
+        return self.output.point(reduced.at(i, j).relu_())
 
-    def finish_row(self, cache: dict[str, Tensor], i: int) -> None:
+    def finish_row(self, cache: dict, i: int) -> None:
         """Nothing to carry: the cached map already holds row i."""

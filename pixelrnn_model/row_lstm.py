@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from pixelrnn_model.conv_lstm import ConvLSTMScan, lstm_step
-from pixelrnn_model.masked_conv import MaskedConv2d
+from pixelrnn_model.conv_lstm import CellBuffers, ConvLSTMScan, state_dtype
+from pixelrnn_model.masked_conv import ConvWindow, MaskedConv2d
 from pixelrnn_model.row_wavefront import RowWavefront
 
 
@@ -42,29 +42,41 @@ class RowLSTM(nn.Module):
         """(B, 2h, H, W) -> (B, 2h, H, W), channels-last: this layer alone."""
         return row_lstm_stack(x, [self], residual=False)[0]
 
-    def start_sampling(self, n: int, height: int, width: int, like: Tensor) -> dict[str, Tensor]:
-        """The cache of `sample_at`: row i's inputs, row i-1's taps and cell states, row i's."""
-        h0, c0 = self.scan.initial_state(n, width, like)  # each (1, n, W, h)
-        inputs = like.new_zeros(n, self.input_to_state.in_channels, 1, width)
-        taps = self.scan.gather_taps(h0)  # (1, n, W, k*h)
-        h, c = h0.new_empty(h0.shape), c0.new_empty(c0.shape)
-        return dict(inputs=inputs, taps=taps, c_above=c0.clone(), h=h, c=c)
-
-    def sample_at(self, cache: dict[str, Tensor], i: int, j: int, x: Tensor) -> Tensor:
-        """Layer input (n, 2h) at (i, j) -> layer output (n, 2h): the scan's step at (i, j)."""
-        cache["inputs"][:, :, 0, j] = x
-        input_gates = self.input_to_state.at(cache["inputs"], 0, j)  # (n, 4h)
-        weight = self.scan.state_to_state_matrix()
-        h, c = lstm_step(
-            input_gates[None], cache["taps"][:, :, j], weight, cache["c_above"][:, :, j]
+    def start_sampling(self, n: int, height: int, width: int, like: Tensor) -> dict:
+        """The cache of `sample_at`: the layer inputs' map, the states of the row above (zero
+        padded for the state taps) and of the current row, and the cell's buffers."""
+        hidden, kernel, left = self.scan.hidden, self.scan.kernel, self.scan.pad[0]
+        state = state_dtype(like.dtype)
+        h0, c0 = self.scan.initial_vectors(like)  # each (1, h)
+        h_above = like.new_zeros(n, width + kernel - 1, hidden)
+        h_above[:, left : left + width] = h0[0]
+        c_above = like.new_empty(n, width, hidden, dtype=state)
+        c_above[:] = c0[0]
+        return dict(
+            inputs=ConvWindow(self.input_to_state, n, height, width, like),
+            h_above=h_above,
+            h_row=torch.zeros_like(h_above),
+            c_above=c_above,
+            c_row=torch.empty_like(c_above),
+            cell=CellBuffers(n, hidden, like),
+            state_matrix=self.scan.state_to_state_matrix()[0],  # (k*h, 4h)
         )
-        cache["h"][:, :, j], cache["c"][:, :, j] = h, c
-        return self.output.at(h[0])
 
-    def finish_row(self, cache: dict[str, Tensor], i: int) -> None:
-        """Row i's states become the states above row i+1."""
-        cache["taps"] = self.scan.gather_taps(cache["h"])
-        cache["c_above"], cache["c"] = cache["c"], cache["c_above"]
+    def sample_at(self, cache: dict, i: int, j: int, x: Tensor) -> Tensor:
+        """Layer input (n, 2h) at (i, j) -> layer output (n, 2h): the scan's step at (i, j)."""
+        inputs, kernel, n = cache["inputs"], self.scan.kernel, x.shape[0]
+        inputs.put(i, j, x)
+        gates = inputs.at(i, j, out=cache["cell"].pre)  # (n, 4h)
+        taps = cache["h_above"][:, j : j + kernel].reshape(n, -1)  # (n, k*h), a view
+        gates.addmm_(taps, cache["state_matrix"])
+        h = cache["h_row"][:, self.scan.pad[0] + j]
+        cache["cell"](cache["c_above"][:, j], cache["c_row"][:, j], h)
+        return self.output.point(h)
+
+    def finish_row(self, cache: dict, i: int) -> None:
+        """Row i's states become the states above row i+1 (the buffers swap; pads stay zero)."""
+        cache["h_above"], cache["h_row"] = cache["h_row"], cache["h_above"]
+        cache["c_above"], cache["c_row"] = cache["c_row"], cache["c_above"]
 
 
 @torch.compiler.disable  # the steps are a Python loop: traced, they unroll (12+ min to compile)

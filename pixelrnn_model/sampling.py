@@ -2,7 +2,8 @@
 
 The naive sampler runs the network once per sub-pixel; the cached one evaluates every layer at
 the current position only, through the layers' own steps (`start_sampling`, `sample_at`,
-`finish_row`) and `MaskedConv2d.at`. Both yield the same logits and share the drawing.
+`finish_row`), `ConvWindow` and `MaskedConv2d.point`. Both yield the same logits and share
+the drawing.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from pixelrnn_model.masked_conv import ConvWindow
 
 Step = tuple[int, int, int, Tensor]  # (i, j, c, logits (n, levels)) of a sub-pixel to draw
 METHODS = ("cached", "naive")
@@ -47,34 +50,36 @@ def cached_steps(model: nn.Module, pixels: Tensor, rows: int) -> Iterator[Step]:
     own pixel (mask A), so the position's column is recomputed after every colour."""
     n, C, H, W = pixels.shape
     cfg, like = model.config, model.input_conv.weight
-    features = like.new_zeros(n, C, H, W)  # the first conv's input map, filled as drawn
+    features = ConvWindow(model.input_conv, n, H, W, like)  # the first conv's input, as drawn
     caches = [layer.start_sampling(n, H, W, like) for layer in model.layers]
+    streams = like.new_empty(n, len(model.layers), 2 * cfg.hidden_channels)  # at (i, j)
+    if cfg.skip:  # every layer's skip conv as one product over the streams
+        skip_matrix = torch.cat([skip.matrix() for skip in model.skips])  # (L*2h, 2h)
+        skip_bias = torch.stack([skip.bias for skip in model.skips]).sum(0)
 
     def column(i: int, j: int) -> Tensor:
         """The head's input (n, 2h) at (i, j), caching every layer's state there."""
-        x = model.input_conv.at(features, i, j)  # (n, 2h)
-        skip_sum = None
+        x = features.at(i, j)  # (n, 2h)
         for index, (layer, cache) in enumerate(zip(model.layers, caches, strict=True)):
             out = layer.sample_at(cache, i, j, x)
-            x = x + out if cfg.residual else out
-            if cfg.skip:
-                skipped = model.skips[index].at(x)
-                skip_sum = skipped if skip_sum is None else skip_sum + skipped
-        return skip_sum if cfg.skip else x
+            x = torch.add(x, out, out=streams[:, index]) if cfg.residual else out
+            if cfg.skip and not cfg.residual:
+                streams[:, index] = x
+        return torch.addmm(skip_bias, streams.view(n, -1), skip_matrix) if cfg.skip else x
 
     def logits(x: Tensor, c: int) -> Tensor:  # head input (n, 2h) -> colour c's (n, levels)
-        hidden = F.relu(model.head_hidden.at(F.relu(x)))
-        return model.head_output.at(hidden, outputs=slice(c * cfg.levels, (c + 1) * cfg.levels))
+        hidden = model.head_hidden.point(F.relu(x)).relu_()
+        return model.head_output.point(hidden, slice(c * cfg.levels, (c + 1) * cfg.levels))
 
     for i in range(H):
         for j in range(W):
             if i < rows:
-                features[:, :, i, j] = model.features(pixels[:, :, i, j])
+                features.put(i, j, model.features(pixels[:, :, i, j]))
                 column(i, j)
                 continue
             for c in range(C):
                 yield i, j, c, logits(column(i, j), c)
-                features[:, c, i, j] = model.features(pixels[:, c, i, j])
+                features.put(i, j, model.features(pixels[:, c, i, j]), channel=c)
         for layer, cache in zip(model.layers, caches, strict=True):
             layer.finish_row(cache, i)
 

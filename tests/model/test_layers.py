@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from pixelrnn_model.conv_lstm import ConvLSTMScan, cell, cell_backward, lstm_step
+from pixelrnn_model.conv_lstm import CellBuffers, ConvLSTMScan, cell, cell_backward
 from pixelrnn_model.diagonal_lstm import DiagonalBiLSTM, diagonal_slots
 from pixelrnn_model.row_lstm import RowLSTM, row_lstm_stack
 
@@ -47,16 +47,16 @@ def test_every_diagonal_taps_its_up_and_left_neighbours_or_a_pad(height, width):
 
 
 def lstm_cell(gates: torch.Tensor, c_prev: torch.Tensor):
-    """The cell alone through `lstm_step`: no taps (k*h = 0), so the gates are the input's."""
-    D, M, four_h = gates.shape
-    no_taps = gates.new_zeros(D, M, 0)
-    return lstm_step(gates, no_taps, gates.new_zeros(D, 0, four_h), c_prev)
+    """`cell` into new buffers: (M, 4h) pre-activations, (M, h) -> (h, c)."""
+    activations, (c, tanh_c, h) = torch.empty_like(gates), (torch.empty_like(c_prev) for _ in "ctc")
+    cell(gates, c_prev, activations, c, tanh_c, h)
+    return h, c
 
 
 def test_lstm_cell_matches_a_hand_computed_step():
     # h = 1; gates [o, f, i, g]
-    gates = torch.tensor([[[0.5, -1.0, 2.0, 0.3]]], dtype=torch.float64)
-    c_prev = torch.tensor([[[0.7]]], dtype=torch.float64)
+    gates = torch.tensor([[0.5, -1.0, 2.0, 0.3]], dtype=torch.float64)
+    c_prev = torch.tensor([[0.7]], dtype=torch.float64)
 
     def sig(v):
         return 1 / (1 + math.exp(-v))
@@ -75,13 +75,15 @@ def plain_lstm_cell(gates, c_prev):
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
-def test_lstm_step_matches_the_plain_step():
+def test_cell_buffers_match_the_plain_cell():
+    # The samplers' cell (views made once, pre-activations written into its buffer).
     torch.manual_seed(0)
-    gates, taps, weight, c_prev = (
-        torch.randn(s, dtype=torch.float64) for s in ((2, 5, 12), (2, 5, 9), (2, 9, 12), (2, 5, 3))
-    )
-    expected = plain_lstm_cell(torch.baddbmm(gates, taps, weight), c_prev)
-    for ours, theirs in zip(lstm_step(gates, taps, weight, c_prev), expected, strict=True):
+    pre, c_prev = torch.randn(5, 12, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    buffers = CellBuffers(5, 3, pre)
+    buffers.pre.copy_(pre)
+    h, c = torch.empty_like(c_prev), torch.empty_like(c_prev)
+    buffers(c_prev, c, h)
+    for ours, theirs in zip((h, c), plain_lstm_cell(pre, c_prev), strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
 
 

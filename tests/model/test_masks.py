@@ -66,7 +66,7 @@ def test_mask_is_a_non_persistent_buffer():
 def test_cropped_masked_conv_equals_the_dense_masked_conv(kernel, mask_type, colours, cropped):
     import torch.nn.functional as F
 
-    from pixelrnn_model.masked_conv import MaskedConv2d
+    from pixelrnn_model.masked_conv import ConvWindow, MaskedConv2d
 
     torch.manual_seed(0)
     conv = MaskedConv2d(6, 12, kernel, colours, mask_type).double()
@@ -84,11 +84,16 @@ def test_cropped_masked_conv_equals_the_dense_masked_conv(kernel, mask_type, col
     (x_grad,) = torch.autograd.grad(out, x, grad)
     assert torch.allclose(weight_grad, dense_weight_grad, atol=1e-12)
     assert torch.allclose(x_grad, dense_x_grad, atol=1e-12)
-    # `at`, the sampler's one-position evaluation, gives the same output at every position
-    # (edges included) and for a slice of the output channels.
+    # The samplers' one-position evaluation over a map filled position by position gives the
+    # same output at every position (edges included); a 1x1 conv also through `point`.
     with torch.no_grad():
+        window = ConvWindow(conv, 2, 5, 7, x)
         for i in range(5):
             for j in range(7):
-                torch.testing.assert_close(conv.at(x, i, j), out[:, :, i, j], rtol=0, atol=1e-12)
-                part = conv.at(x, i, j, outputs=slice(4, 8))
-                torch.testing.assert_close(part, out[:, 4:8, i, j], rtol=0, atol=1e-12)
+                window.put(i, j, x[:, :, i, j])
+        for i in range(5):
+            for j in range(7):
+                torch.testing.assert_close(window.at(i, j), out[:, :, i, j], rtol=0, atol=1e-12)
+                if kernel == (1, 1):
+                    point = conv.point(x[:, :, i, j], outputs=slice(4, 8))
+                    torch.testing.assert_close(point, out[:, 4:8, i, j], rtol=0, atol=1e-12)
