@@ -10,11 +10,13 @@ the two alternating round by round (one interleaved run, so both see the same ma
   nothing but dispatch costs time: best of `--repeats` steps, ms.
 - full: the preset as built, training steps (forward + backward + RMSProp) at its batch size,
   images/s (best of `--repeats` steps after a warm-up step).
+- equal: float64 logits and gradients of the preset (2 images of 7x6, learned initial state),
+  the "after" model loading the "before" model's state_dict strictly: largest differences.
 - sample, sample24: the cached and naive samplers at 12x12, 1 image, the preset's depth at
   h=3 (head 6) and at h=24 (head 48), s/image.
 
     python benchmarks/dispatch.py [--baseline REV] [--rounds N] [--repeats N]
-        [--what ops tiny full sample] [--presets NAME ...]
+        [--what equal ops tiny full sample sample24] [--presets NAME ...]
 """
 
 from __future__ import annotations
@@ -125,6 +127,55 @@ def time_sampling(preset: str, method: str, hidden: int) -> float:
     return time.perf_counter() - start
 
 
+def float64_pass(preset: str, state_file: str) -> dict:
+    """The preset (learned initial state, random non-zero initial vectors) in float64 on 2
+    images of 7x6: logits and every parameter's gradient of a float64 loss, with the weights in
+    `state_file` (written by the first caller, loaded strictly by the others)."""
+    import torch
+
+    from pixelrnn_model import PRESETS as ALL
+    from pixelrnn_model import PixelRNN
+
+    cfg = dataclasses.replace(ALL[preset], learn_initial_state=True)
+    torch.manual_seed(0)
+    model = PixelRNN(cfg).double()
+    if os.path.exists(state_file):
+        model.load_state_dict(torch.load(state_file, weights_only=True), strict=True)
+    else:
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if name.endswith(("initial_hidden", "initial_cell")):
+                    parameter.normal_(std=0.5)
+        torch.save(model.state_dict(), state_file)
+    pixels = _pixels(cfg, 2, 7)[..., :6]
+    logits = model(pixels)
+    # A float64 loss (bits_per_dim computes in float32): logits times fixed random weights.
+    upstream = torch.randn(logits.shape, generator=torch.Generator().manual_seed(1))
+    (logits * upstream.double()).sum().backward()
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    saved = f"{state_file}.{os.getpid()}.out"
+    torch.save({"logits": logits.detach(), "grads": grads}, saved)
+    return {"saved": saved}
+
+
+def compare_float64(before: str, after: str) -> dict:
+    """Largest absolute differences of logits and gradients between two `float64_pass` files."""
+    import torch
+
+    a, b = torch.load(before, weights_only=True), torch.load(after, weights_only=True)
+
+    def relative(x, y) -> float:  # largest difference over the largest magnitude
+        return ((x - y).abs().max() / y.abs().max().clamp_min(1e-300)).item()
+
+    grads = [(a["grads"][k] - b["grads"][k]).abs().max().item() for k in a["grads"]]
+    return {
+        "logits": (a["logits"] - b["logits"]).abs().max().item(),
+        "grads": max(grads),
+        "relative": max(relative(a["grads"][k], b["grads"][k]) for k in a["grads"]),
+        "largest": max(g.abs().max().item() for g in a["grads"].values()),
+    }
+
+
 def worker(args: argparse.Namespace) -> None:
     """One measurement in this process; prints one JSON line."""
     import torch
@@ -132,6 +183,8 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     if args.what == "ops":
         result = count_ops(args.preset)
+    elif args.what == "equal":
+        result = float64_pass(args.preset, os.environ["DISPATCH_STATE"])
     elif args.what.startswith("sample"):  # sample (tiny width) or sample24 (h = 24)
         hidden = int(args.what.removeprefix("sample") or 3)
         result = {m: time_sampling(args.preset, m, hidden) for m in ("cached", "naive")}
@@ -149,8 +202,10 @@ def extract(rev: str, folder: Path) -> Path:
     return folder
 
 
-def measure(root: Path, preset: str, what: str, repeats: int, threads: int) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(root))
+def measure(
+    root: Path, preset: str, what: str, repeats: int, threads: int, state: str = ""
+) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(root), DISPATCH_STATE=state)
     command = [sys.executable, __file__, "--worker", "--preset", preset, "--what", what]
     command += ["--repeats", str(repeats), "--threads", str(threads)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=root)
@@ -165,7 +220,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch_threads())
-    parser.add_argument("--what", nargs="+", default=["ops", "tiny", "full", "sample"])
+    parser.add_argument(
+        "--what", nargs="+", default=["equal", "ops", "tiny", "full", "sample", "sample24"]
+    )
     parser.add_argument("--presets", nargs="+", default=list(PRESETS))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--preset", help=argparse.SUPPRESS)
@@ -180,12 +237,15 @@ def main() -> None:
         results: dict = {}
         for what in args.what:
             presets = [p for p in args.presets if what != "full" or p in FULL_BATCH]
-            rounds = 1 if what == "ops" else args.rounds
+            rounds = 1 if what in ("ops", "equal") else args.rounds
             for round_ in range(rounds):
                 order = ("before", "after") if round_ % 2 == 0 else ("after", "before")
                 for preset in presets:
+                    state = str(Path(folder) / f"{preset}.pt")
                     for version in order:
-                        got = measure(roots[version], preset, what, args.repeats, args.threads)
+                        got = measure(
+                            roots[version], preset, what, args.repeats, args.threads, state
+                        )
                         results.setdefault((what, preset, version), []).append(got)
                         print(json.dumps([what, preset, version, got]), flush=True)
         report(results)
@@ -197,7 +257,14 @@ def report(results: dict) -> None:
         if version != "before":
             continue
         after = results[(what, preset, "after")]
-        if what == "ops":
+        if what == "equal":
+            diff = compare_float64(got[0]["saved"], after[0]["saved"])
+            print(
+                f"| float64 max abs difference | {preset} | logits {diff['logits']:.1e} | "
+                f"gradients {diff['grads']:.1e} (relative {diff['relative']:.1e}; largest "
+                f"gradient {diff['largest']:.1e}) | |"
+            )
+        elif what == "ops":
             b, a = got[0], after[0]
             print(
                 f"| ops | {preset} | {b['ops']:,} ({b['kernels']:,}) | "
