@@ -25,8 +25,8 @@ from pixelrnn_model.row_lstm import RowLSTM
 def _lstm_gates(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     """The textbook LSTM update on (B, 4h, L) pre-activations [o, f, i, g] and (B, h, L) cell:
     separate autograd operations, as the obvious implementation writes it (for the same numbers,
-    the optimized Row LSTM runs its whole scan as one autograd node, and the Diagonal BiLSTM
-    one `pixelrnn_model.conv_lstm.lstm_step` node per diagonal)."""
+    the optimized Row LSTM stack runs as one wavefront node, and each Diagonal BiLSTM layer's
+    scan as one node)."""
     o, f, i, g = gates.chunk(4, dim=1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     return torch.sigmoid(o) * torch.tanh(c), c
@@ -89,10 +89,23 @@ def _diagonal_forward(self: DiagonalBiLSTM, x: Tensor) -> Tensor:
     return _masked_conv(self.output, forward + _shift_down(backward))
 
 
+def _layer_by_layer(self: PixelRNN, x: Tensor) -> list[Tensor]:
+    """`PixelRNN.streams` calling each layer's forward in turn (the optimized model runs a Row
+    LSTM stack as one wavefront instead)."""
+    streams = []
+    for layer in self.layers:
+        out = layer(x)
+        x = x + out if self.config.residual else out
+        streams.append(x)
+    return streams
+
+
 def use_reference_layers(model: PixelRNN) -> PixelRNN:
-    """Swap every recurrent layer's forward for the per-step reference (in place), and keep the
-    feature maps in the plain (B, C, H, W) layout those loops index."""
+    """Swap every recurrent layer's forward for the per-step reference (in place), run the layers
+    one after another, and keep the feature maps in the plain (B, C, H, W) layout those loops
+    index."""
     model.memory_format = torch.contiguous_format
+    model.streams = types.MethodType(_layer_by_layer, model)
     for layer in model.layers:
         if isinstance(layer, RowLSTM):
             layer.forward = types.MethodType(_row_forward, layer)
