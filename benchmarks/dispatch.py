@@ -12,11 +12,13 @@ the two alternating round by round (one interleaved run, so both see the same ma
   images/s (best of `--repeats` steps after a warm-up step).
 - equal: float64 logits and gradients of the preset (2 images of 7x6, learned initial state),
   the "after" model loading the "before" model's state_dict strictly: largest differences.
+- compile: the first training step of the torch.compile'd preset (batch 1), seconds, and the
+  graph breaks dynamo counted.
 - sample, sample24: the cached and naive samplers at 12x12, 1 image, the preset's depth at
   h=3 (head 6) and at h=24 (head 48), s/image.
 
     python benchmarks/dispatch.py [--baseline REV] [--rounds N] [--repeats N]
-        [--what equal ops tiny full sample sample24] [--presets NAME ...]
+        [--what equal ops tiny full sample sample24 compile] [--presets NAME ...]
 """
 
 from __future__ import annotations
@@ -127,6 +129,24 @@ def time_sampling(preset: str, method: str, hidden: int) -> float:
     return time.perf_counter() - start
 
 
+def compile_first_step(preset: str) -> dict:
+    """Seconds of the first training step (forward + backward, batch 1) of the torch.compile'd
+    preset, and the graph breaks dynamo reported (the scans are excluded from compilation)."""
+    import torch
+    import torch._dynamo
+
+    from pixelrnn_model import bits_per_dim
+
+    model = _model(preset, tiny=False)
+    pixels = _pixels(model.config, 1, _size(preset))
+    compiled = torch.compile(model)
+    start = time.perf_counter()
+    bits_per_dim(compiled(pixels), pixels).backward()
+    seconds = time.perf_counter() - start
+    breaks = sum(torch._dynamo.utils.counters["graph_break"].values())
+    return {"seconds": seconds, "graph_breaks": breaks}
+
+
 def float64_pass(preset: str, state_file: str) -> dict:
     """The preset (learned initial state, random non-zero initial vectors) in float64 on 2
     images of 7x6: logits and every parameter's gradient of a float64 loss, with the weights in
@@ -183,6 +203,8 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     if args.what == "ops":
         result = count_ops(args.preset)
+    elif args.what == "compile":
+        result = compile_first_step(args.preset)
     elif args.what == "equal":
         result = float64_pass(args.preset, os.environ["DISPATCH_STATE"])
     elif args.what.startswith("sample"):  # sample (tiny width) or sample24 (h = 24)
@@ -237,7 +259,7 @@ def main() -> None:
         results: dict = {}
         for what in args.what:
             presets = [p for p in args.presets if what != "full" or p in FULL_BATCH]
-            rounds = 1 if what in ("ops", "equal") else args.rounds
+            rounds = 1 if what in ("ops", "equal", "compile") else args.rounds
             for round_ in range(rounds):
                 order = ("before", "after") if round_ % 2 == 0 else ("after", "before")
                 for preset in presets:
@@ -263,6 +285,12 @@ def report(results: dict) -> None:
                 f"| float64 max abs difference | {preset} | logits {diff['logits']:.1e} | "
                 f"gradients {diff['grads']:.1e} (relative {diff['relative']:.1e}; largest "
                 f"gradient {diff['largest']:.1e}) | |"
+            )
+        elif what == "compile":
+            b, a = got[0], after[0]
+            print(
+                f"| compiled first step s (graph breaks) | {preset} | {b['seconds']:.1f} "
+                f"({b['graph_breaks']}) | {a['seconds']:.1f} ({a['graph_breaks']}) | |"
             )
         elif what == "ops":
             b, a = got[0], after[0]
