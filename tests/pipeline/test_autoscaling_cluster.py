@@ -21,7 +21,7 @@ import pytest
 from train_support import TRAIN_IMAGES, VAL_IMAGES, end_session, tiny_overrides
 
 from pipeline import storage
-from pipeline.__main__ import main
+from pipeline.cli.main import main
 
 pytestmark = pytest.mark.ray
 DRILL = Path(__file__).with_name("autoscaling_drill.py")

@@ -29,8 +29,8 @@ from train_support import (
     tiny_overrides,
 )
 
-from pipeline.__main__ import main
 from pipeline.checkpointing import load_checkpoint
+from pipeline.cli.main import main
 
 pytestmark = pytest.mark.ray
 DRILL = Path(__file__).with_name("cluster_drill.py")

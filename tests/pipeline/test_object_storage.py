@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from train_support import end_processes_under, processes_mentioning
 
 from pipeline import storage
-from pipeline.__main__ import main
+from pipeline.cli.main import main
 
 pytestmark = pytest.mark.ray
 EPOCHS = 3

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from s3_support import free_port
 
-from pipeline.__main__ import main
+from pipeline.cli.main import main
 
 pytestmark = pytest.mark.ray
 

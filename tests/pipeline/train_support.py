@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.__main__ import main
+from pipeline.cli.main import main
 from pipeline.config import ExperimentConfig, merge
 
 TRAIN_IMAGES, VAL_IMAGES = 64, 16

@@ -15,15 +15,15 @@ from importlib.metadata import PackageNotFoundError, version
 from pipeline.errors import PixelRNNError
 
 COMMANDS = (
-    "pipeline.cli_prepare",
-    "pipeline.cli_train",
-    "pipeline.cli_evaluate",
-    "pipeline.cli_sample",
-    "pipeline.cli_tune",
-    "pipeline.cli_compare",
-    "pipeline.cli_config",
-    "pipeline.cli_verify",
-    "pipeline.cli_export",
+    "pipeline.cli.prepare",
+    "pipeline.cli.train",
+    "pipeline.cli.evaluate",
+    "pipeline.cli.sample",
+    "pipeline.cli.tune",
+    "pipeline.cli.compare",
+    "pipeline.cli.config",
+    "pipeline.cli.verify",
+    "pipeline.cli.export",
 )
 
 
@@ -72,7 +72,3 @@ def main(argv: list[str] | None = None) -> int:
 def cli() -> None:
     """Console-script wrapper: exit with `main`'s status."""
     sys.exit(main())
-
-
-if __name__ == "__main__":
-    cli()
