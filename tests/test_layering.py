@@ -120,3 +120,14 @@ def test_pipeline_imports_point_down_the_layers():
                 assert not above, (
                     f"{relative} ({LAYERS[rank]}) imports {target} ({layer_of(target)})"
                 )
+
+
+def test_commands_share_options_through_cli_options_not_each_other():
+    modules = pipeline_modules()
+    shared = {"cli/__init__.py", "cli/options.py"}
+    commands = [m for m in modules if m.startswith("cli/") and m not in {*shared, "cli/main.py"}]
+    assert "cli/sample.py" in commands and "cli/evaluate.py" in commands
+    for relative in commands:
+        targets = {module_path(name, modules) for name in imports_of(modules[relative])}
+        others = sorted(t for t in targets if t and t.startswith("cli/") and t not in shared)
+        assert not others, f"{relative} imports the commands {others}"
