@@ -42,7 +42,7 @@ def test_a_sweep_with_no_worker_node_up_runs_its_trials_on_nodes_the_autoscaler_
     })  # fmt: skip
     config = tmp_path / "sweep.json"
     config.write_text(json.dumps(overrides))
-    temp_dir = tempfile.mkdtemp(prefix="as", dir="/tmp")  # short: Unix socket paths
+    temp_dir = tempfile.mkdtemp(prefix="as")  # under the session root: short socket paths
     drill = subprocess.Popen([sys.executable, str(DRILL), str(config), temp_dir], cwd=tmp_path,
                              env={**os.environ, "PYTHONUNBUFFERED": "1"}, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

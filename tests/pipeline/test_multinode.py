@@ -53,7 +53,7 @@ def test_worker_node_removed_mid_epoch_resumes_from_s3_and_retraces_the_run(
     })  # fmt: skip
     config = tmp_path / "drill.json"
     config.write_text(json.dumps(overrides))
-    temp_dir = tempfile.mkdtemp(prefix="rm", dir="/tmp")
+    temp_dir = tempfile.mkdtemp(prefix="rm")  # under the session root: short socket paths
     try:
         drill = subprocess.run([sys.executable, str(DRILL), str(config), temp_dir], cwd=tmp_path,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True,

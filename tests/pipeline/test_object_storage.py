@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,9 +87,10 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab(s3_server, mlflow_server, tmp_path_factory):
-    ray_temp = Path(tempfile.mkdtemp(prefix="ro", dir="/tmp"))  # short: Unix socket paths
+    ray_temp = Path(tempfile.mkdtemp(prefix="ro"))  # under the session root: short socket paths
     yield Lab(s3_server, mlflow_server, tmp_path_factory.mktemp("work"), ray_temp)
     end_processes_under(ray_temp)
+    shutil.rmtree(ray_temp, ignore_errors=True)
 
 
 def wait_until(condition, process: subprocess.Popen, log: Path, timeout_s: float) -> None:

@@ -44,7 +44,7 @@ class Head:
 
 @pytest.fixture
 def head():
-    temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Unix socket paths
+    temp_dir = tempfile.mkdtemp(prefix="rj")  # under the session root: short socket paths
     gcs_port, dashboard_port = free_port(), free_port()
     command = [
         str(VENV_BIN / "ray"), "start", "--head", f"--port={gcs_port}",
