@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -82,7 +81,7 @@ def ray_cluster(s3_server):
 
     from pipeline import ray_runtime
 
-    temp_dir = tempfile.mkdtemp(prefix="rs")  # under the session root: short socket paths
+    temp_dir = str(temp_root.short_dir("s"))  # Ray's socket paths under it stay short
     ray_runtime.connect(num_cpus=4, object_store_memory=256 * 1024**2, temp_dir=temp_dir)
     yield ray
     ray.shutdown()

@@ -16,14 +16,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from train_support import end_processes_under, processes_mentioning
+from temp_root import processes_mentioning, short_dir
+from train_support import end_processes_under
 
 from pipeline import storage
 from pipeline.cli.main import main
@@ -87,7 +87,7 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab(s3_server, mlflow_server, tmp_path_factory):
-    ray_temp = Path(tempfile.mkdtemp(prefix="ro"))  # under the session root: short socket paths
+    ray_temp = short_dir("o")  # the drivers' RAY_TMPDIR: Ray's socket paths are short
     yield Lab(s3_server, mlflow_server, tmp_path_factory.mktemp("work"), ray_temp)
     end_processes_under(ray_temp)
     shutil.rmtree(ray_temp, ignore_errors=True)
