@@ -7,7 +7,9 @@ Without `--runs` it prepares 16x16 built-in crops and trains two small runs (Row
 PixelCNN, a sample grid every epoch) with `pixelrnn train` into a scratch folder. It then serves
 the store with `mlflow server` on 127.0.0.1 (unless the URI is already a server) and renders
 the pages with headless Chromium (Debian: `apt-get install chromium`), writing
-`mlflow_run.png` (the latest run's page) and `mlflow_compare.png` into `--out`.
+`mlflow_run.png` (the latest run's page) and `mlflow_compare.png` into `--out`. Chromium is
+driven over its DevTools protocol, so the compare view's chart can be set to `val/bits_per_dim`
+the way a person sets it (MLflow's default is the first metric the run logged, a system metric).
 """
 
 from __future__ import annotations
@@ -25,10 +27,13 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from devtools import Chromium  # docs/devtools.py, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 LAYERS = ("row_lstm", "pixelcnn")
-WINDOW = "1500,1300"
+WINDOW = (1500, 1300)
+COMPARED_METRIC = "val/bits_per_dim"
 
 
 def pixelrnn(*args: str) -> None:
@@ -110,16 +115,57 @@ def run_infos(base: str, run_ids: list[str]) -> list[dict]:
     return infos
 
 
-def screenshot(chromium: str, url: str, path: Path) -> None:
-    """Render `url` once the page has settled. Every host but 127.0.0.1 resolves to nothing:
-    a request that hangs on an unreachable host would stop the virtual clock for good."""
-    subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-         f"--window-size={WINDOW}", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-         "--virtual-time-budget=20000", f"--screenshot={path}", url],
-        check=True, capture_output=True, timeout=600,
-    )  # fmt: skip
-    print(f"wrote {path}  ({url})")
+# The compare view's "Metrics:" select of its parallel-coordinates chart, and the chart itself.
+METRICS_SELECT = (
+    "[...document.querySelectorAll('div')].find(e => e.previousElementSibling"
+    " && e.previousElementSibling.textContent === 'Metrics:')"
+)
+CHART_LABELS = "[...document.querySelectorAll('.js-plotly-plot text')].map(t => t.textContent)"
+
+
+def photograph_run(browser: Chromium, url: str, run_name: str, path: Path) -> None:
+    browser.open(url)
+    loaded = f"document.body.innerText.includes({json.dumps(run_name)})"
+    browser.wait_for(f"{loaded} && document.body.innerText.includes('Parameters')", "the run page")
+    close_assistant(browser)
+    browser.screenshot(path)
+
+
+def photograph_compare(browser: Chromium, url: str, path: Path) -> None:
+    """The compare view with its chart on `COMPARED_METRIC`: the metric already chosen is
+    removed, then the select is clicked, the metric typed and Enter pressed."""
+    browser.open(url)
+    browser.wait_for(f"{METRICS_SELECT} && document.querySelector('.js-plotly-plot')",
+                     "the compare view's chart")  # fmt: skip
+    close_assistant(browser)
+    remove = f"{METRICS_SELECT}.querySelectorAll('[class*=select-selection-item-remove]')"
+    browser.evaluate(f"{remove}.forEach(e => e.click())")
+    x, y = browser.evaluate(
+        f"(r => [r.x + r.width / 2, r.y + r.height / 2])({METRICS_SELECT}.getBoundingClientRect())"
+    )
+    browser.click(x, y)
+    browser.call("Input.insertText", text=COMPARED_METRIC)
+    browser.wait_for(f"[...document.querySelectorAll('[class*=select-item-option-content]')]"
+                     f".some(e => e.textContent === {json.dumps(COMPARED_METRIC)})",
+                     f"{COMPARED_METRIC} among the metrics", timeout_s=30)  # fmt: skip
+    browser.press("Enter", 13)
+    browser.press("Escape", 27)
+    browser.evaluate("document.activeElement.blur()")
+    browser.wait_for(f"{CHART_LABELS}.includes({json.dumps(COMPARED_METRIC)})",
+                     f"the chart on {COMPARED_METRIC}", timeout_s=30)  # fmt: skip
+    chosen = browser.evaluate(
+        f"[...{METRICS_SELECT}.querySelectorAll('[class*=select-selection-item-content]')]"
+        ".map(e => e.textContent)"
+    )
+    if chosen != [COMPARED_METRIC]:
+        raise RuntimeError(f"the compare view's metrics are {chosen}, not [{COMPARED_METRIC!r}]")
+    browser.screenshot(path)
+
+
+def close_assistant(browser: Chromium) -> None:
+    """Close MLflow's assistant panel (it takes a quarter of the window) when it is open."""
+    browser.evaluate("document.querySelector('button[aria-label=Close]')?.click()")
+    time.sleep(0.5)
 
 
 def main() -> None:
@@ -136,17 +182,22 @@ def main() -> None:
         work = Path(tmp)
         uri = args.tracking_uri or train_runs(work)
         base, server = serve(uri, work)
+        browser = None
         try:
             runs = run_infos(base, args.runs) if args.runs else latest_runs(base)
             experiment, latest = runs[-1]["experiment_id"], runs[-1]["run_id"]
+            browser = Chromium(chromium, WINDOW)
             page = f"{base}/#/experiments/{experiment}/runs/{latest}"
-            screenshot(chromium, page, args.out / "mlflow_run.png")
+            photograph_run(browser, page, runs[-1]["run_name"], args.out / "mlflow_run.png")
             query = urllib.parse.urlencode({
                 "runs": json.dumps([run["run_id"] for run in runs]),
                 "experiments": json.dumps([experiment]),
             })  # fmt: skip
-            screenshot(chromium, f"{base}/#/compare-runs?{query}", args.out / "mlflow_compare.png")
+            compare = f"{base}/#/compare-runs?{query}"
+            photograph_compare(browser, compare, args.out / "mlflow_compare.png")
         finally:
+            if browser is not None:
+                browser.close()
             if server is not None:
                 server.terminate()
                 server.wait(timeout=30)

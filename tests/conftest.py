@@ -1,13 +1,18 @@
-"""Shared fixtures: one contained local Ray cluster per test session, and paths to real data."""
+"""Shared fixtures: one contained local Ray cluster per test session, and paths to real data.
+
+The session runs under its own temporary root (temp_root.py): TMPDIR and RAY_TMPDIR point at a
+fresh folder that is removed at the end.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
+import temp_root
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PIXELRNN_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
@@ -17,6 +22,24 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.pop("RAY_ADDRESS", None)
+SESSION_ROOT = pytest.StashKey[contextlib.ExitStack]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Enter the session's temporary root before any test module imports Ray or MLflow."""
+    stack = contextlib.ExitStack()
+    try:
+        stack.enter_context(temp_root.session_root())
+    except RuntimeError as error:
+        raise pytest.UsageError(str(error)) from None
+    config.stash[SESSION_ROOT] = stack
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leave the temporary root: end what still runs from it, then remove it."""
+    stack = config.stash.get(SESSION_ROOT, None)
+    if stack is not None:  # None when pytest_configure refused the root
+        stack.close()
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +81,7 @@ def ray_cluster(s3_server):
 
     from pipeline import ray_runtime
 
-    temp_dir = tempfile.mkdtemp(prefix="r", dir="/tmp")
+    temp_dir = str(temp_root.short_dir("s"))  # Ray's socket paths under it stay short
     ray_runtime.connect(num_cpus=4, object_store_memory=256 * 1024**2, temp_dir=temp_dir)
     yield ray
     ray.shutdown()

@@ -15,8 +15,9 @@ FORBIDDEN = {
     "pixelrnn_model": ("ray", "mlflow", "pipeline", "tune_spaces", "pyarrow", "yaml"),
     "tune_spaces": ("torch", "pixelrnn_model", "pipeline", "mlflow"),
 }
-# Inside `pipeline`, one importer per external API; pure modules import none of them. MLflow's
-# runs and models are split over two modules, and mlflow_pyfunc.py is the logged model's own code.
+# Inside `pipeline` (paths relative to it), one importer per external API; pure modules import
+# none of them. MLflow's runs and models are split over two modules, and mlflow_pyfunc.py is the
+# logged model's own code.
 SOLE_IMPORTER = {
     "ray.train": ("train.py",),
     "ray.tune": ("tune.py",),
@@ -31,6 +32,10 @@ PURE = (
     "sweeps.py",
     "compare.py",
 )
+# The layers of `pipeline`, top to bottom: a module imports its own layer or the ones below it.
+# Everything not named here is a service (data, tracking, storage, checkpointing, ...).
+ORCHESTRATION = ("train.py", "tune.py", "sweeps.py", "runs.py")
+LAYERS = ("command line", "orchestration", "services")
 
 
 def loaded_modules(package: str) -> set[str]:
@@ -65,12 +70,64 @@ def imports_of(path: Path) -> set[str]:
     return names
 
 
+def pipeline_modules() -> dict[str, Path]:
+    """Every module of `pipeline` by its path relative to the package ("cli/train.py")."""
+    package = ROOT / "pipeline"
+    return {path.relative_to(package).as_posix(): path for path in sorted(package.rglob("*.py"))}
+
+
+def layer_of(relative: str) -> str:
+    if relative.startswith("cli/") or relative == "__main__.py":
+        return "command line"
+    return "orchestration" if relative in ORCHESTRATION else "services"
+
+
+def module_path(name: str, modules: dict[str, Path]) -> str | None:
+    """The relative path of the `pipeline` module an imported name refers to, if any."""
+    parts = name.split(".")
+    if parts[0] != "pipeline":
+        return None
+    for end in range(len(parts), 1, -1):  # "pipeline.cli.options.load_experiment" -> cli/options
+        stem = "/".join(parts[1:end])
+        for candidate in (f"{stem}.py", f"{stem}/__init__.py"):
+            if candidate in modules:
+                return candidate
+    return None
+
+
 def test_one_importer_per_external_api_inside_pipeline():
-    for path in sorted((ROOT / "pipeline").rglob("*.py")):
+    for relative, path in pipeline_modules().items():
         imported = imports_of(path)
         for api, owner in SOLE_IMPORTER.items():
             uses = {name for name in imported if name == api or name.startswith(f"{api}.")}
-            assert not uses or path.name in owner, f"{path.name} imports {sorted(uses)}"
-        if path.name in PURE:
+            assert not uses or relative in owner, f"{relative} imports {sorted(uses)}"
+        if relative in PURE:
             impure = {n for n in imported if n.split(".")[0] in ("ray", "mlflow")}
-            assert not impure, f"{path.name} should stay pure but imports {sorted(impure)}"
+            assert not impure, f"{relative} should stay pure but imports {sorted(impure)}"
+
+
+def test_pipeline_imports_point_down_the_layers():
+    """Command line -> orchestration -> services: nothing imports a layer above its own, so only
+    the command line imports `pipeline.cli`."""
+    modules = pipeline_modules()
+    assert layer_of("cli/train.py") == "command line" and layer_of("train.py") == "orchestration"
+    for relative, path in modules.items():
+        rank = LAYERS.index(layer_of(relative))
+        for name in imports_of(path):
+            target = module_path(name, modules)
+            if target is not None:
+                above = LAYERS.index(layer_of(target)) < rank
+                assert not above, (
+                    f"{relative} ({LAYERS[rank]}) imports {target} ({layer_of(target)})"
+                )
+
+
+def test_commands_share_options_through_cli_options_not_each_other():
+    modules = pipeline_modules()
+    shared = {"cli/__init__.py", "cli/options.py"}
+    commands = [m for m in modules if m.startswith("cli/") and m not in {*shared, "cli/main.py"}]
+    assert "cli/sample.py" in commands and "cli/evaluate.py" in commands
+    for relative in commands:
+        targets = {module_path(name, modules) for name in imports_of(modules[relative])}
+        others = sorted(t for t in targets if t and t.startswith("cli/") and t not in shared)
+        assert not others, f"{relative} imports the commands {others}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import socket
 import sys
 import threading
@@ -65,6 +66,10 @@ def main(config_path: str, temp_dir: str) -> None:
     from pipeline.config import merge
     from pipeline.train import run_training
 
+    # Cluster writes its address file under Ray's default temp root ($RAY_TMPDIR/ray) without
+    # creating it: keep that root inside this drill's folder, so the drill also runs alone.
+    os.environ["RAY_TMPDIR"] = temp_dir
+    Path(temp_dir, "ray").mkdir(exist_ok=True)
     overrides = json.loads(Path(config_path).read_text())
     with socket.socket() as probe:  # a free port: other clusters may hold Ray's default one
         probe.bind(("127.0.0.1", 0))

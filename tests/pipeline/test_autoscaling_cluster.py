@@ -14,14 +14,14 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
+from temp_root import short_dir
 from train_support import TRAIN_IMAGES, VAL_IMAGES, end_session, tiny_overrides
 
 from pipeline import storage
-from pipeline.__main__ import main
+from pipeline.cli.main import main
 
 pytestmark = pytest.mark.ray
 DRILL = Path(__file__).with_name("autoscaling_drill.py")
@@ -42,7 +42,7 @@ def test_a_sweep_with_no_worker_node_up_runs_its_trials_on_nodes_the_autoscaler_
     })  # fmt: skip
     config = tmp_path / "sweep.json"
     config.write_text(json.dumps(overrides))
-    temp_dir = tempfile.mkdtemp(prefix="as", dir="/tmp")  # short: Unix socket paths
+    temp_dir = str(short_dir("a"))  # Ray's socket paths under it stay short
     drill = subprocess.Popen([sys.executable, str(DRILL), str(config), temp_dir], cwd=tmp_path,
                              env={**os.environ, "PYTHONUNBUFFERED": "1"}, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

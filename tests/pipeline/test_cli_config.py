@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.__main__ import main
+from pipeline.cli.main import main
 from pipeline.config import ExperimentConfig
 from pipeline.config_reference import field_descriptions
 

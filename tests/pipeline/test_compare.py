@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from pipeline import tracking
-from pipeline.__main__ import main
+from pipeline.cli.main import main
 from pipeline.compare import collect, format_table
 from pipeline.config import merge
 from pipeline.sweeps import STOPPED_EARLY_TAG

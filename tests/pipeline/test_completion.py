@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.__main__ import main
 from pipeline.checkpointing import Progress, save_checkpoint
+from pipeline.cli.main import main
 from pipeline.completion import load_images
 from pipeline.config import merge
 from pipeline.datasets import synthetic

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.__main__ import main
+from pipeline.cli.main import main
 from pipeline.config import ExperimentConfig, field_types, load_config, merge, read_yaml
 from pipeline.errors import ConfigError
 from pixelrnn_model import PRESETS

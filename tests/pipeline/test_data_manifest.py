@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.__main__ import main
+from pipeline.cli.main import main
 from pipeline.data import decode_pixels, open_prepared
 from pipeline.datasets import synthetic
 from pipeline.errors import DataError

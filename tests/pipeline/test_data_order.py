@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline import data_order
-from pipeline.__main__ import main
+from pipeline.cli.main import main
 from pipeline.data import open_prepared, read_in_order
 
 IMAGES, SHARD_ROWS = 70, 9  # 8 shards, the last one short

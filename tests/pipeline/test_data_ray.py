@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.__main__ import main
+from pipeline.cli.main import main
 from pipeline.data import LOCAL_SHUFFLE_BUFFER, open_prepared, read_split
 from pipeline.datasets import synthetic
 

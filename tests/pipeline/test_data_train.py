@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.__main__ import main
+from pipeline.cli.main import main
 from pipeline.data import LOCAL_SHUFFLE_BUFFER, open_prepared, read_split
 from pipeline.datasets import synthetic
 

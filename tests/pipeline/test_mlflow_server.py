@@ -16,7 +16,7 @@ from mlflow_support import MlflowServer
 from PIL import Image
 from train_support import VAL_IMAGES, prepare_tiny_dataset, tiny_config
 
-from pipeline.__main__ import main
+from pipeline.cli.main import main
 from pipeline.datasets.manifest import read_manifest
 from pipeline.tracking import manifest_sha256
 from pipeline.train import run_training

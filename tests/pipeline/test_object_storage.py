@@ -12,20 +12,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from train_support import end_processes_under, processes_mentioning
+from temp_root import processes_mentioning, short_dir
+from train_support import end_processes_under
 
 from pipeline import storage
-from pipeline.__main__ import main
+from pipeline.cli.main import main
 
 pytestmark = pytest.mark.ray
 EPOCHS = 3
@@ -86,9 +87,10 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab(s3_server, mlflow_server, tmp_path_factory):
-    ray_temp = Path(tempfile.mkdtemp(prefix="ro", dir="/tmp"))  # short: Unix socket paths
+    ray_temp = short_dir("o")  # the drivers' RAY_TMPDIR: Ray's socket paths are short
     yield Lab(s3_server, mlflow_server, tmp_path_factory.mktemp("work"), ray_temp)
     end_processes_under(ray_temp)
+    shutil.rmtree(ray_temp, ignore_errors=True)
 
 
 def wait_until(condition, process: subprocess.Popen, log: Path, timeout_s: float) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipeline.__main__ import main
+from pipeline.cli.main import main
 from pipeline.datasets import builtin
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.__main__ import main
+from pipeline.cli.main import main
 from pipeline.datasets import synthetic
 
 RNG = np.random.default_rng(7)

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.__main__ import main
+from pipeline.cli.main import main
 from pipeline.datasets import synthetic
 
 RNG = np.random.default_rng(1234)

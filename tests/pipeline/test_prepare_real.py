@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.__main__ import main
+from pipeline.cli.main import main
 from pipeline.data import open_prepared
 
 CIFAR_MEAN = [125.3069, 122.9504, 113.8654]

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.__main__ import main
 from pipeline.checkpointing import WEIGHTS_KEYS, model_from_checkpoint
+from pipeline.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -14,15 +14,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from s3_support import free_port
+from temp_root import short_dir
 
-from pipeline.__main__ import main
+from pipeline.cli.main import main
 
 pytestmark = pytest.mark.ray
 
@@ -44,7 +44,7 @@ class Head:
 
 @pytest.fixture
 def head():
-    temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Unix socket paths
+    temp_dir = str(short_dir("j"))  # Ray's socket paths under it stay short
     gcs_port, dashboard_port = free_port(), free_port()
     command = [
         str(VENV_BIN / "ray"), "start", "--head", f"--port={gcs_port}",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import data, runs, storage, tracking
-from pipeline.__main__ import main
+from pipeline.cli.main import main
 from pipeline.config import merge
 from pipeline.errors import ConfigError
 

@@ -21,8 +21,8 @@ from PIL import Image
 from train_support import prepare_tiny_dataset, tiny_config
 
 from pipeline import data
-from pipeline.__main__ import main
 from pipeline.checkpointing import CHECKPOINT_FILE, model_from_checkpoint
+from pipeline.cli.main import main
 from pipeline.engine import NonFiniteLossError, evaluate, pixel_batches
 from pipeline.tracking import RunTracker
 from pipeline.train import run_training

@@ -16,7 +16,7 @@ from ray import tune
 from train_support import prepare_tiny_dataset, tiny_config
 
 import tune_spaces
-from pipeline.__main__ import main
+from pipeline.cli.main import main
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.sweeps import STOPPED_EARLY_TAG

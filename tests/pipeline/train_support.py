@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.__main__ import main
+from temp_root import processes_mentioning
+
+from pipeline.cli.main import main
 from pipeline.config import ExperimentConfig, merge
 
 TRAIN_IMAGES, VAL_IMAGES = 64, 16
@@ -38,21 +40,6 @@ def tiny_overrides(data: Path, work: Path, **extra: Any) -> dict[str, Any]:
 
 def tiny_config(data: Path, work: Path, **extra: Any) -> ExperimentConfig:
     return merge([tiny_overrides(data, work, **extra)])
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Ids of live processes whose command line contains `text` (e.g. a Ray temp folder)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in command:
-            found.append(int(entry.name))
-    return found
 
 
 def latest_checkpoint(run_dir: Path) -> str:

@@ -10,7 +10,7 @@ import argparse
 import logging
 import math
 
-from pipeline.cli_sample import add_model_source, load_model
+from pipeline.cli.options import add_model_source, load_model
 from pipeline.errors import ConfigError, DataError
 
 

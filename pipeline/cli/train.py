@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli_options import add_experiment_options, load_experiment
+from pipeline.cli.options import add_experiment_options, load_experiment
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

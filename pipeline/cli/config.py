@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline.cli_options import load_experiment
+from pipeline.cli.options import load_experiment
 from pipeline.config import load_config
 
 COLUMN = 44  # descriptions start here unless a value is longer
