@@ -31,7 +31,7 @@ pytestmark = pytest.mark.ray
 EPOCHS = 3
 TINY = {
     "model.num_layers": 2, "model.hidden_channels": 12, "model.head_channels": 12,
-    "train.batch_size_per_worker": 4, "train.keep_best": 1, "tracking.num_samples": 2,
+    "train.batch_size": 8, "train.keep_best": 1, "tracking.num_samples": 2,
     "tracking.experiment_name": "s3",
 }  # fmt: skip
 SWEEP = {"scaling.num_workers": 1, "train.epochs": 2, "train.max_steps_per_epoch": 4,
