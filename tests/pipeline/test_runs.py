@@ -45,8 +45,11 @@ def test_plan_sizes_epochs_and_image_shape():
         ({"preset": "mnist_diagonal_bilstm"}, FakeDataset(), "model.channels: 1, but"),
         ({"data.val_split": "test"}, FakeDataset(), "data.val_split: /data/x has no split"),
         ({"data.crop_size": 64}, FakeDataset(), "data.crop_size: 64 exceeds the 32x32"),
-        ({"train.batch_size": 128}, FakeDataset(),
-         "train.batch_size: 128 is more than the 100 images of split 'train' in /data/x"),
+        (
+            {"train.batch_size": 128},
+            FakeDataset(),
+            "train.batch_size: 128 is more than the 100 images of split 'train' in /data/x",
+        ),
     ],
 )
 def test_plan_rejects_configs_that_do_not_fit_the_dataset(overrides, dataset, fragment):
