@@ -9,6 +9,7 @@ for binarized data, 2-way: `levels`) softmax per sub-pixel (PixelRNN paper, sect
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from pipeline.datasets.manifest import read_manifest, resolve, total_bytes, veri
 from pipeline.datasets.shards import images_of
 from pipeline.errors import DataError
 
+logger = logging.getLogger(__name__)
 # Shards each training worker reads ahead of the batch it is on (and threads reading them).
 PREFETCH_SHARDS = 2
 
@@ -81,6 +83,16 @@ class PreparedDataset:
         if split not in self.splits:
             raise DataError(f"{self.root}: no split {split!r} (this dataset has {self.splits})")
         return self.manifest["splits"][split]
+
+
+def warn_if_unshuffled(dataset: PreparedDataset) -> None:
+    """Log a warning when `prepare` wrote the shards in source order (before it shuffled)."""
+    if "row_order" not in dataset.manifest["source"].get("options", {}):
+        logger.warning(
+            "%s: its shards hold the source's order (prepared by an older version), so a "
+            "class-sorted source gives batches of few classes; prepare it again to shuffle it",
+            dataset.root,
+        )
 
 
 def open_prepared(root: str, *, verify_checksums: bool = False) -> PreparedDataset:

@@ -396,6 +396,7 @@ def run_training(
         PixelRNNError: training failed after `scaling.max_failures` restarts.
     """
     dataset = data.open_prepared(storage.normalize(cfg.data.path), verify_checksums=cfg.data.verify)
+    data.warn_if_unshuffled(dataset)
     plan = runs.make_plan(cfg, dataset)
     ray_runtime.connect(address=cfg.scaling.ray_address or None)
     per_worker = cfg.scaling.worker_resources()

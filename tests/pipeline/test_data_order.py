@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from pipeline.__main__ import main
-from pipeline.data import index_values, open_prepared, read_in_order
+from pipeline.data import index_values, open_prepared, read_in_order, warn_if_unshuffled
 from pipeline.datasets.shuffle import shuffle_keys
 
 CLASSES, PER_CLASS, SIZE, SHARD_ROWS, BATCH = 8, 300, 4, 64, 16
@@ -227,3 +227,12 @@ def test_a_missing_dataset_is_one_line(capsys, tmp_path):
     assert main(["batches", str(tmp_path / "nope"), *flags]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert f"{tmp_path / 'nope'}/manifest.json: not found" in line
+
+
+def test_training_warns_about_a_dataset_prepared_in_source_order(dataset, caplog):
+    data = open_prepared(dataset)
+    warn_if_unshuffled(data)
+    assert not caplog.records
+    del data.manifest["source"]["options"]["row_order"]  # as an older `prepare` wrote it
+    warn_if_unshuffled(data)
+    assert "its shards hold the source's order" in caplog.text and dataset in caplog.text
