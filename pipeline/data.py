@@ -1,9 +1,11 @@
-"""Ray Data input: a prepared dataset's Parquet shards streamed to training as integer pixels.
+"""A prepared dataset's Parquet shards read as integer pixels, for training and evaluation.
 
 `open_prepared` reads `manifest.json` and checks its shards are there
-(`verify_checksums`: and their sha256); `read_split` streams one split's shards
-as rows `pixels` uint8 (C, H, W), whose `.long()` is the int64 input of the model's 256-way (or,
-for binarized data, 2-way: `levels`) softmax per sub-pixel (PixelRNN paper, section 2.2).
+(`verify_checksums`: and their sha256). Training workers read their part of each global batch
+with `read_in_order` (pyarrow, shards prefetched in the order `pipeline.data_order` needs them);
+`evaluate` streams a split with Ray Data (`read_split`). Pixels are uint8 (C, H, W), whose
+`.long()` is the int64 input of the model's 256-way (or, for binarized data, 2-way: `levels`)
+softmax per sub-pixel (PixelRNN paper, section 2.2).
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ logger = logging.getLogger(__name__)
 # Shards each training worker reads ahead of the batch it is on (and threads reading them).
 PREFETCH_SHARDS = 2
 
-# Rows each training worker keeps in its local shuffle buffer: with block-order shuffling this
-# mixes across shards (2048 rows each by default); 4096 rows of 64×64×3 stay under 50 MB/worker.
+# Rows a consumer of `read_split(shuffle=True)` keeps in a local shuffle buffer (training reads
+# through `read_in_order` instead); 4096 rows of 64×64×3 stay under 50 MB.
 LOCAL_SHUFFLE_BUFFER = 4096
 
 
@@ -193,12 +195,12 @@ def read_in_order(
 
     Yields:
         {"pixels": uint8 (B, C, H, W), "index": int64 (B,)} as torch tensors, B = the order's
-        batch sizes in turn.
+        batch sizes in turn (an empty batch is skipped).
 
     Raises:
         DataError: a shard that cannot be read, or whose rows differ from the manifest's count.
     """
-    if not order.steps:
+    if not len(order.row_of):
         return
     ends = np.cumsum(order.batch_sizes)
     last_batch = np.zeros(len(order.paths), dtype=np.int64)  # last batch needing each shard
@@ -213,6 +215,8 @@ def read_in_order(
                 reads[submitted] = pool.submit(_read_shard, dataset, order, submitted)
                 submitted += 1
             start = end - int(order.batch_sizes[batch])
+            if start == end:  # validation's last batch, smaller than the worker count
+                continue
             shards, rows = order.shard_of[start:end], order.row_of[start:end]
             pixels = np.empty((len(rows), dataset.height, dataset.width, dataset.channels),
                               dtype=np.uint8)  # fmt: skip

@@ -178,6 +178,9 @@ def test_reader_yields_exactly_the_named_rows_and_pixels(dataset):
     for batch in batches:
         for index, pixels in zip(batch["index"].tolist(), batch["pixels"].numpy(), strict=True):
             np.testing.assert_array_equal(pixels, pixels_of[index].transpose(2, 0, 1))  # (C, H, W)
+    val = data.rank_order("val", 14, 16, BATCH, seed=0, epoch=0, shuffle=False)
+    assert val.batch_sizes.tolist() == [1] * 7 + [0]  # 120 rows: the last batch of 8 has none
+    assert [len(b["index"]) for b in read_in_order(data, val)] == [1] * 7
 
 
 def test_validation_reads_every_row_once_in_the_same_global_batches(capsys, dataset):
