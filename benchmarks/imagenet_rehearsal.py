@@ -5,7 +5,7 @@
    class folders are; `val_data.npz`: 50,000), random pixels: incompressible, so the shards are
    as large as they get.
 2. `pixelrnn prepare imagenet32 --output s3://...` against moto's S3 server (started here, as
-   the tests do): wall time and the process's peak resident memory (`wait4`'s ru_maxrss).
+   the tests do): wall time and the process's peak resident memory (VmHWM, polled).
 3. The order: mean distinct classes in the first 200 global batches of 256 (epoch 1), and in
    one worker's 16 of them with 16 workers, beside a uniform shuffle's exact expectation.
 4. Launch to first optimizer step of `pixelrnn train` on that S3 dataset
@@ -20,7 +20,7 @@
    40% of it: an estimate from FLOPs, not a GPU measurement.
 
     python benchmarks/imagenet_rehearsal.py [--images 1281167] [--images64 200000]
-        [--workers 1 2] [--seconds 60] [--work DIR]
+        [--workers 1 2] [--seconds 60] [--work DIR] [--keep]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import argparse
 import json
 import multiprocessing
 import os
-import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -80,14 +80,33 @@ def prepare(source: Path, uri: str, size: int, env: dict) -> tuple[float, float]
     """(seconds, peak resident GB) of `pixelrnn prepare imagenetS` into `uri`."""
     command = [sys.executable, "-m", "pipeline", "prepare", f"imagenet{size}", "--input",
                str(source), "--output", uri]  # fmt: skip
-    started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - started
-    output = process.stdout.read().decode(errors="replace")
-    if status:
-        sys.exit(f"prepare failed:\n{output[-3000:]}")
-    return seconds, usage.ru_maxrss / 1024**2  # KB -> GB
+    with tempfile.TemporaryFile() as log:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        peak = 0.0
+        while process.poll() is None:
+            peak = max(peak, high_water_gb(process.pid))
+            time.sleep(0.2)
+        seconds = time.perf_counter() - started
+        if process.returncode:
+            log.seek(0)
+            sys.exit(f"prepare failed:\n{log.read().decode(errors='replace')[-3000:]}")
+    return seconds, peak
+
+
+def high_water_gb(pid: int | str = "self", field: str = "VmHWM") -> float:
+    """The peak (VmHWM) or current (VmRSS) resident memory of a live process in GB; 0 once it
+    has exited."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            line = next(line for line in status if line.startswith(f"{field}:"))
+    except (OSError, StopIteration):
+        return 0.0
+    return int(line.split()[1]) / 1024**2  # kB -> GB
+
+
+def resident_gb() -> float:
+    return high_water_gb("self", "VmRSS")
 
 
 def uniform_distinct(counts: np.ndarray, batch: int) -> float:
@@ -103,10 +122,11 @@ def order_check(uri: str, labels: np.ndarray) -> dict:
     dataset = open_prepared(uri)
     started = time.perf_counter()
     whole = dataset.rank_order("train", 0, 1, 256, seed=0, epoch=0, shuffle=True)
-    values = index_values(dataset, whole)[: 200 * 256].reshape(200, 256)
+    batches = min(200, whole.steps)
+    values = index_values(dataset, whole)[: batches * 256].reshape(batches, 256)
     seconds = time.perf_counter() - started
     order = dataset.rank_order("train", 3, 16, 256, seed=0, epoch=0, shuffle=True)
-    mine = index_values(dataset, order)[: 200 * 16].reshape(200, 16)
+    mine = index_values(dataset, order)[: batches * 16].reshape(batches, 16)
     counts = np.bincount(labels)[1:]
     return {
         "global": np.mean([len(np.unique(labels[row])) for row in values]),
@@ -118,9 +138,11 @@ def order_check(uri: str, labels: np.ndarray) -> dict:
 
 
 def read_rate(uri: str, rank: int, world: int, seconds: float, results) -> None:
-    """One worker's reader with a no-op model: (images/s, first batch s, peak RSS GB)."""
+    """One worker's reader with a no-op model: (images/s, s to the first batch, resident GB
+    before reading (imports), peak resident GB)."""
     torch.set_num_threads(1)
     dataset = open_prepared(uri)
+    before = resident_gb()
     started = time.perf_counter()
     order = dataset.rank_order("train", rank, world, 16 * world, seed=0, epoch=0, shuffle=True)
     batches = pixel_batches(read_in_order(dataset, order))
@@ -132,10 +154,10 @@ def read_rate(uri: str, rank: int, world: int, seconds: float, results) -> None:
         if time.perf_counter() - begun > seconds:
             break
     rate = images / (time.perf_counter() - begun)
-    results.put((rate, first, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2))
+    results.put((rate, first, before, high_water_gb()))
 
 
-def reader(uri: str, world: int, seconds: float) -> list[tuple[float, float, float]]:
+def reader(uri: str, world: int, seconds: float) -> list[tuple[float, ...]]:
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     workers = [context.Process(target=read_rate, args=(uri, rank, world, seconds, results))
@@ -164,11 +186,13 @@ def main() -> None:
     parser.add_argument("--images64", type=int, default=200_000, help="64x64 training images")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seconds", type=float, default=60.0, help="per reader measurement")
-    parser.add_argument("--work", type=Path, help="scratch folder (default: a new temp folder)")
+    parser.add_argument("--work", type=Path, help="where the scratch folder goes (default: TMPDIR)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="rehearsal-", dir=args.work))
     server = S3Server(work / "moto.log").start()
-    os.environ.update(server.env, TMPDIR=str(work), MLFLOW_DISABLE_TELEMETRY="true",
+    ray_temp = tempfile.mkdtemp(prefix="rr", dir="/tmp")  # short: Unix socket paths
+    os.environ.update(server.env, RAY_TMPDIR=ray_temp, MLFLOW_DISABLE_TELEMETRY="true",
                       RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")  # fmt: skip
     report = {"machine": machine("cpu"), "images": args.images, "images64": args.images64}
     try:
@@ -179,7 +203,7 @@ def main() -> None:
             report[f"source{size}_s"] = time.perf_counter() - started
             uri = f"{bucket}/imagenet{size}"
             report[f"prepare{size}_s"], report[f"prepare{size}_gb"] = prepare(
-                work / f"npz{size}", uri, size, dict(os.environ)
+                work / f"npz{size}", uri, size, {**os.environ, "TMPDIR": str(work)}
             )
             print(json.dumps(report), flush=True)
             if size == 32:
@@ -195,8 +219,10 @@ def main() -> None:
             report[f"{preset}_h200_40pct"] = 0.4 * H200_BF16_FLOPS / flops
     finally:
         server.stop()
+        shutil.rmtree(ray_temp, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(report, indent=1))
-    print(f"scratch folder (delete when done): {work}")
 
 
 if __name__ == "__main__":
