@@ -123,7 +123,7 @@ def train_loop_per_worker(config: dict) -> dict:
         skip = progress.samples_in_epoch // cfg.train.batch_size if epoch == first_epoch else 0
         batches = _epoch_batches(dataset, cfg, epoch, skip)  # [ray 3] data
         validate = _validator(cfg, model, dataset, val_order, bf16)
-        worker = _Worker(cfg, plan, model, optimizer, rank, world, budget, timer)
+        worker = _Worker(cfg, plan, model, optimizer, rank, budget, timer)
         try:
             step, train_metrics = worker.train(batches, epoch, progress, skip, validate, bf16)
         except NonFiniteLossError as error:
@@ -171,7 +171,6 @@ class _Worker:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     rank: int
-    world: int
     budget: TimeBudget
     timer: CheckpointTimer
 
