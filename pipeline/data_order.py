@@ -6,20 +6,21 @@ split's shards concatenated in manifest order. For the training split, in each e
 
 1. the shards are permuted by a generator seeded with (seed, epoch) and their rows concatenated
    in that order: a row's *read position*;
-2. read positions are permuted within shuffle blocks of `SHUFFLE_BLOCK_SHARDS` shards' worth of
-   rows (the same generator);
-3. the first S·G rows of that order, S = N // G, are cut into S global batches of G =
-   `train.batch_size` rows; the last N - S·G (< G) sit the epoch out, the same ones for any
+2. read positions are cut into shuffle blocks of about `SHUFFLE_BLOCK_SHARDS` shards' worth of
+   rows, a multiple of G = `train.batch_size`; a block of s·G rows is cut into G strata of s
+   consecutive read positions, each permuted (the same generator), and its k-th global batch
+   holds the k-th row of every stratum, in stratum order;
+3. the last N mod G rows (< G, in the last block) sit the epoch out, the same ones for any
    worker count;
-4. each global batch is sorted by read position and worker r of W takes its r-th 1/W. The set
-   of rows in a global batch never depends on W; which worker trains on which of them does, and
-   sorting makes a worker's rows in a block come from about 1/W of the block's shards, so the W
-   workers together read each shard about once per epoch.
+4. worker r of W trains on strata [r·G/W, (r+1)·G/W) of every global batch: its 1/W of each
+   block's read positions, so it reads only about 1/W of the shards (plus the shards its part
+   of a block starts and ends in), and the W workers together read each shard about once.
 
-Validation reads its split in manifest order, cut the same way but keeping the last, partial
-batch (every row once). A position inside an epoch is a count of global samples (k·G after k
-steps), which means the same rows for any W: a run resumes on another worker count at the same
-sample (`RankOrder.after`).
+The set of rows in a global batch never depends on W; only which worker trains on which of
+them does. Validation reads its split in manifest order, cut the same way but keeping the
+last, partial batch (every row once). A position inside an epoch is a count of global samples
+(k·G after k steps), which means the same rows for any W: a run resumes on another worker
+count at the same sample (`RankOrder.after`).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Shuffle blocks span this many shards' worth of rows (32,768 rows of the default 2,048-row
-# shards). A worker holds its share of one block's shards while it trains on the block.
+# Shuffle blocks span about this many shards' worth of rows (32,768 rows of the default
+# 2,048-row shards). A worker holds its share of one block's shards while it trains on it.
 SHUFFLE_BLOCK_SHARDS = 16
 
 
@@ -88,7 +89,8 @@ def global_order(
             training split); without it, every row once in manifest order (validation).
 
     Returns:
-        int64 (S·G,) with `shuffle`, else (N,); each global batch sorted by read position.
+        int64 (S·G,), S = N // G, with `shuffle`, else (N,); each global batch sorted by read
+        position.
     """
     shard_rows = np.asarray(shard_rows, dtype=np.int64)
     total = int(shard_rows.sum())
@@ -101,14 +103,14 @@ def global_order(
     # sample id at each read position: read positions run through the permuted shards
     at_read = np.repeat(starts[shard_order] - read_starts, shard_rows[shard_order])
     at_read += np.arange(total)
-    block = SHUFFLE_BLOCK_SHARDS * int(shard_rows.max(initial=1))
-    positions = np.arange(total, dtype=np.int64)
-    for first in range(0, total, block):
-        size = min(block, total - first)
-        positions[first : first + size] = first + generator.permutation(size)
-    used = total // batch_size * batch_size
-    batches = np.sort(positions[:used].reshape(-1, batch_size), axis=1)  # (S, G) read positions
-    return at_read[batches.reshape(-1)]
+    block = max(1, SHUFFLE_BLOCK_SHARDS * int(shard_rows.max(initial=1)) // batch_size)
+    batches = []  # per block: (s, G) read positions
+    for first in range(0, total, block * batch_size):
+        stratum = min(block, (total - first) // batch_size)  # s rows per stratum
+        strata = first + np.arange(batch_size * stratum).reshape(batch_size, stratum)  # (G, s)
+        batches.append(generator.permuted(strata, axis=1).T)  # (s, G): batch k, row k of each
+    positions = np.concatenate(batches) if batches else np.zeros((0, batch_size), np.int64)
+    return at_read[positions.reshape(-1)]
 
 
 def rank_rows(order: np.ndarray, batch_size: int, rank: int, world: int) -> tuple[np.ndarray, ...]:

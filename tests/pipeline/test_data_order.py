@@ -143,6 +143,16 @@ def test_global_batches_are_the_same_images_for_1_2_and_4_workers(capsys, datase
     assert epoch(capsys, dataset, 2, seed=1) != epoch(capsys, dataset, 2)
 
 
+def test_each_worker_reads_about_its_share_of_the_shards(dataset):
+    data = open_prepared(dataset)
+    shards = len(data.manifest["splits"]["train"]["shards"])  # 36, in 3 shuffle blocks
+    for workers in (1, 2, 4):
+        orders = [data.rank_order("train", rank, workers, BATCH, seed=0, epoch=1, shuffle=True)
+                  for rank in range(workers)]  # fmt: skip
+        reads = sum(len(order.paths) for order in orders)
+        assert reads <= shards + 2 * workers * 3, (workers, reads)  # + 2 per worker and block
+
+
 def test_a_position_in_samples_resumes_at_the_same_rows_on_any_worker_count(dataset):
     data = open_prepared(dataset)
     skip = 37  # global batches done: 37 * 16 samples into the epoch
