@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> Iterator[str]:
             f"--steps {args.steps}: epoch {args.epoch} has {steps} steps (0 to {steps - 1})"
         )
     stop = steps if stop is None else min(stop, steps)
-    selected = [order.after(first) for order in orders]
+    selected = [order.after(first).until(stop - first) for order in orders]
     indices = [index_values(dataset, order) for order in selected]
     return _lines(args.epoch, first, stop, selected, indices)
 

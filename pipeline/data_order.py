@@ -61,14 +61,24 @@ class RankOrder:
         """The same order without its first `steps` batches (already trained on), and without
         the shards only those batches read."""
         skipped = int(self.batch_sizes[:steps].sum())
-        shard_of = self.shard_of[skipped:]
-        keep, first = np.unique(shard_of, return_index=True)
-        keep = keep[np.argsort(first)]  # still in the order first needed
-        renumber = np.full(len(self.paths), -1, dtype=np.int64)
-        renumber[keep] = np.arange(len(keep))
-        paths, rows = (tuple(column[s] for s in keep) for column in (self.paths, self.rows))
-        return RankOrder(paths, rows, renumber[shard_of], self.row_of[skipped:],
-                         self.batch_sizes[steps:])  # fmt: skip
+        return _keep_shards(self.paths, self.rows, self.shard_of[skipped:],
+                            self.row_of[skipped:], self.batch_sizes[steps:])  # fmt: skip
+
+    def until(self, steps: int) -> RankOrder:
+        """The first `steps` batches of this order, and only the shards they read."""
+        kept = int(self.batch_sizes[:steps].sum())
+        return _keep_shards(self.paths, self.rows, self.shard_of[:kept], self.row_of[:kept],
+                            self.batch_sizes[:steps])  # fmt: skip
+
+
+def _keep_shards(paths, rows, shard_of, row_of, batch_sizes) -> RankOrder:
+    """A `RankOrder` of these rows, listing only the shards they are in, in first-use order."""
+    keep, first = np.unique(shard_of, return_index=True)
+    keep = keep[np.argsort(first)]
+    renumber = np.full(len(paths), -1, dtype=np.int64)
+    renumber[keep] = np.arange(len(keep))
+    kept_paths, kept_rows = (tuple(column[s] for s in keep) for column in (paths, rows))
+    return RankOrder(kept_paths, kept_rows, renumber[shard_of], row_of, batch_sizes)
 
 
 def epoch_seed(seed: int, epoch: int) -> np.random.SeedSequence:
@@ -150,9 +160,5 @@ def rank_order(
     ends = np.cumsum(shard_rows)
     shard = np.searchsorted(ends, samples, side="right")  # manifest position of each row
     row = samples - (ends - shard_rows)[shard]
-    needed, first = np.unique(shard, return_index=True)
-    needed = needed[np.argsort(first)]  # in the order first needed
-    renumber = np.full(len(shards), -1, dtype=np.int64)
-    renumber[needed] = np.arange(len(needed))
-    paths = tuple(shards[s]["path"] for s in needed)
-    return RankOrder(paths, tuple(int(shard_rows[s]) for s in needed), renumber[shard], row, sizes)
+    paths = tuple(entry["path"] for entry in shards)
+    return _keep_shards(paths, tuple(shard_rows.tolist()), shard, row, sizes)
