@@ -74,18 +74,9 @@ def run(args: argparse.Namespace) -> Iterator[str]:
             f"--workers {args.workers}; use a multiple of {args.workers}"
         )
     dataset = open_prepared(args.data)
-    orders = [
-        dataset.rank_order(
-            args.split,
-            rank,
-            args.workers,
-            args.batch_size,
-            args.seed,
-            args.epoch - 1,
-            shuffle=not args.validation,
-        )
-        for rank in range(args.workers)
-    ]
+    ranks = list(range(args.workers))
+    orders = dataset.rank_orders(args.split, ranks, args.workers, args.batch_size, args.seed,
+                                 args.epoch - 1, shuffle=not args.validation)  # fmt: skip
     steps = orders[0].steps
     if not steps:
         raise PixelRNNError(

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import ray.data
 import torch
 
-from pipeline.data_order import RankOrder, rank_order
+from pipeline.data_order import RankOrder, rank_orders
 from pipeline.datasets.manifest import read_manifest, resolve, total_bytes, verify_shards
 from pipeline.datasets.shards import images_of
 from pipeline.errors import DataError
@@ -72,14 +72,21 @@ class PreparedDataset:
         _, base = resolve(self.root)
         return [f"{base}/{shard['path']}" for shard in self._split(split)["shards"]]
 
+    def rank_orders(
+        self, split: str, ranks: list[int], world: int, batch_size: int, seed: int, epoch: int,
+        shuffle: bool,
+    ) -> list[RankOrder]:  # fmt: skip
+        """The rows workers `ranks` of `world` train on from `split` in `epoch`, in global
+        batches of `batch_size` (see `pipeline.data_order`)."""
+        return rank_orders(self._split(split), ranks=ranks, world=world, batch_size=batch_size,
+                           seed=seed, epoch=epoch, shuffle=shuffle)  # fmt: skip
+
     def rank_order(
         self, split: str, rank: int, world: int, batch_size: int, seed: int, epoch: int,
         shuffle: bool,
     ) -> RankOrder:  # fmt: skip
-        """The rows worker `rank` of `world` trains on from `split` in `epoch`, in global
-        batches of `batch_size` (see `pipeline.data_order`)."""
-        return rank_order(self._split(split), rank=rank, world=world, batch_size=batch_size,
-                          seed=seed, epoch=epoch, shuffle=shuffle)  # fmt: skip
+        """`rank_orders` of one worker."""
+        return self.rank_orders(split, [rank], world, batch_size, seed, epoch, shuffle)[0]
 
     def _split(self, split: str) -> dict:
         if split not in self.splits:

@@ -140,25 +140,28 @@ def rank_rows(order: np.ndarray, batch_size: int, rank: int, world: int) -> tupl
     return order[take], counts
 
 
-def rank_order(
-    split: dict, *, rank: int, world: int, batch_size: int, seed: int = 0, epoch: int = 0,
-    shuffle: bool = True,
-) -> RankOrder:  # fmt: skip
-    """The rows worker `rank` of `world` trains on in `epoch`, batch by batch.
+def rank_orders(
+    split: dict, *, ranks: list[int], world: int, batch_size: int, seed: int = 0,
+    epoch: int = 0, shuffle: bool = True,
+) -> list[RankOrder]:  # fmt: skip
+    """The rows workers `ranks` of `world` train on in `epoch`, batch by batch.
 
     Args:
         split: the manifest's entry for the split ({"shards": [{"path", "rows"}, ...]}).
-        rank, world: this worker and the number of workers; `world` divides `batch_size` for
-            training (`ExperimentConfig` checks it).
+        ranks, world: these workers and the number of workers; `world` divides `batch_size`
+            for training (`ExperimentConfig` checks it).
         batch_size: G, the global batch.
-        seed, epoch, shuffle: as for `global_order`.
+        seed, epoch, shuffle: as for `global_order` (computed once for all `ranks`).
     """
     shards = split["shards"]
     shard_rows = np.array([shard["rows"] for shard in shards], dtype=np.int64)
     order = global_order(shard_rows, batch_size, seed=seed, epoch=epoch, shuffle=shuffle)
-    samples, sizes = rank_rows(order, batch_size, rank, world)
     ends = np.cumsum(shard_rows)
-    shard = np.searchsorted(ends, samples, side="right")  # manifest position of each row
-    row = samples - (ends - shard_rows)[shard]
     paths = tuple(entry["path"] for entry in shards)
-    return _keep_shards(paths, tuple(shard_rows.tolist()), shard, row, sizes)
+    orders = []
+    for rank in ranks:
+        samples, sizes = rank_rows(order, batch_size, rank, world)
+        shard = np.searchsorted(ends, samples, side="right")  # manifest position of each row
+        row = samples - (ends - shard_rows)[shard]
+        orders.append(_keep_shards(paths, tuple(shard_rows.tolist()), shard, row, sizes))
+    return orders
