@@ -54,7 +54,7 @@ def first_step_s(data: str, work: Path, name: str, verify: bool) -> float:
     store = f"sqlite:///{work / 'mlflow.db'}"
     config = {
         "preset": "cifar10_row_lstm", "data": {"path": str(data)},
-        "train": {"epochs": 1, "batch_size_per_worker": 16, "max_steps_per_epoch": 1,
+        "train": {"epochs": 1, "batch_size": 16, "max_steps_per_epoch": 1,
                   "report_every_steps": 1, "interim_val_batches": 1, "max_val_batches": 1,
                   "storage_path": str(work / "runs"), "run_name": name},
         "scaling": {"num_workers": 1}, "tracking": {"tracking_uri": store,

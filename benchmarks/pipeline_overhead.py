@@ -41,6 +41,7 @@ def experiment(model: str, data_path: str, steps: int, work: Path, run: str) -> 
     layers.append({
         "data.path": data_path, "train.epochs": 1, "train.max_steps_per_epoch": steps,
         "train.max_val_batches": 1, "train.report_every_steps": 0, "scaling.num_workers": 1,
+        "train.batch_size": 16,
         "train.storage_path": str(work / "runs"), "train.run_name": run,
         "tracking.tracking_uri": f"sqlite:///{work}/mlflow.db",
         "tracking.experiment_name": "overhead", "tracking.num_samples": 0,
@@ -65,7 +66,7 @@ def plain_throughput(cfg: ExperimentConfig, images: torch.Tensor, steps: int) ->
     torch.manual_seed(cfg.train.seed)
     model = PixelRNN(cfg.model)
     optimizer = make_optimizer(model.parameters(), cfg.optim)
-    size = cfg.train.batch_size_per_worker
+    size = cfg.batch_size_per_worker
     order = torch.randperm(images.shape[0])
     batches = (images[order[i * size : (i + 1) * size]].long() for i in range(steps))
     _, metrics = train_epoch(model, optimizer, batches, cfg.optim, lambda _: cfg.optim.lr, 0)

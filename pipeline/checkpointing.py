@@ -34,7 +34,7 @@ SCORE_METRIC = "val/bits_per_dim"  # lower is better
 # have no validation score, get the largest float (JSON keeps it, unlike inf) so they rank last.
 CHECKPOINT_SCORE = "checkpoint/score"
 MID_EPOCH_SCORE = sys.float_info.max
-BATCHES_KEY = "checkpoint/batches_in_epoch"  # only in the reports of mid-epoch checkpoints
+POSITION_KEY = "checkpoint/samples_in_epoch"  # only in the reports of mid-epoch checkpoints
 FORMAT_VERSION = 1
 
 
@@ -42,8 +42,9 @@ FORMAT_VERSION = 1
 class Progress:
     """Where training stands: `epoch` epochs and `step` optimizer steps are complete.
 
-    `batches_in_epoch` batches of the next epoch (0-based index `epoch`) are done too, in the
-    data order of `world_size` ranks (a mid-epoch checkpoint; 0 at epoch ends), and `meters`
+    The first `samples_in_epoch` samples of the next epoch's global order (0-based index
+    `epoch`; `pipeline.data_order`) are done too: a whole number of global batches, the same
+    rows whatever the worker count (a mid-epoch checkpoint; 0 at epoch ends), and `meters`
     holds the training metrics' sums so far in that epoch. `seconds` is
     the wall-clock time the training loop has spent so far, over all restarts and resumes (what
     `train.max_minutes` counts); `budget_spent` says that budget ended training.
@@ -53,9 +54,8 @@ class Progress:
     step: int = 0
     seconds: float = 0.0
     budget_spent: bool = False
-    batches_in_epoch: int = 0
-    world_size: int = 0
-    meters: tuple[float, ...] = ()  # with batches_in_epoch: the loop's `TrainMeter` totals
+    samples_in_epoch: int = 0
+    meters: tuple[float, ...] = ()  # with samples_in_epoch: the loop's `TrainMeter` totals
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -107,8 +107,7 @@ def save_checkpoint(
         "step": progress.step,
         "seconds": progress.seconds,
         "budget_spent": progress.budget_spent,
-        "batches_in_epoch": progress.batches_in_epoch,
-        "world_size": progress.world_size,
+        "samples_in_epoch": progress.samples_in_epoch,
         "meters": list(progress.meters),
         "config": config.to_dict(),
         "metrics": dict(metrics or {}),
@@ -201,8 +200,7 @@ def restore(
         step=payload["step"],
         seconds=float(payload.get("seconds", 0.0)),
         budget_spent=bool(payload.get("budget_spent", False)),
-        batches_in_epoch=int(payload.get("batches_in_epoch", 0)),
-        world_size=int(payload.get("world_size", 0)),
+        samples_in_epoch=int(payload.get("samples_in_epoch", 0)),
         meters=tuple(float(value) for value in payload.get("meters", ())),
     )
 

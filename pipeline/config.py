@@ -96,16 +96,20 @@ class TrainConfig:
     """The training loop and where its checkpoints go."""
 
     epochs: int = 10  # passes over the training split
-    batch_size_per_worker: int = 16  # images per optimizer step on each worker
+    # Images per optimizer step over all workers (the global batch); each worker trains on its
+    # 1/scaling.num_workers of every batch, so the worker count must divide it
+    batch_size: int = 32
     max_steps_per_epoch: int = 0  # cut epochs short (0: the whole split)
-    max_val_batches: int = 0  # batches per worker per validation (0: the whole split)
+    max_val_batches: int = 0  # global batches per validation (0: the whole split)
     # Wall-clock budget of the training loop in minutes, over all restarts and resumes (0: none).
     # When it is spent, training stops after the current step; the run then validates,
     # checkpoints and samples as after its last epoch.
     max_minutes: float = 0.0
     report_every_steps: int = 0  # also report train + val metrics every N steps (0: never)
-    interim_val_batches: int = 0  # batches per worker for those reports' val (0: max_val_batches)
-    seed: int = 0  # worker r in epoch e derives its seeds from (seed, r, e)
+    interim_val_batches: int = 0  # global batches for those reports' val (0: max_val_batches)
+    # The epoch's data order is a function of (seed, epoch) (`pixelrnn batches` prints it); worker
+    # r in epoch e derives its other seeds from (seed, r, e)
+    seed: int = 0
     # "auto": bf16 autocast on GPU, fp32 on CPU; "bf16": bf16 wherever the device computes it
     # natively (GPUs, CPUs with AVX-512 BF16 or AMX); "fp32": never. Losses stay float32.
     precision: str = "auto"
@@ -119,7 +123,7 @@ class TrainConfig:
     run_name: str = ""  # folder under storage_path ("": experiment name + start time)
 
     def __post_init__(self) -> None:
-        _at_least("train", self, 1, "epochs", "batch_size_per_worker", "keep_best")
+        _at_least("train", self, 1, "epochs", "batch_size", "keep_best")
         _at_least("train", self, 0, "max_steps_per_epoch", "max_val_batches", "report_every_steps",
                   "interim_val_batches", "max_minutes", "checkpoint_every_minutes")  # fmt: skip
         _require("/" not in self.run_name, "train.run_name", "must not contain '/'")
@@ -229,6 +233,13 @@ class ExperimentConfig:
     tune: TuneConfig = field(default_factory=TuneConfig)
 
     def __post_init__(self) -> None:
+        batch, workers = self.train.batch_size, self.scaling.num_workers
+        _require(
+            batch % workers == 0,
+            "train.batch_size",
+            f"{batch} images per step cannot be split evenly over scaling.num_workers={workers} "
+            "workers; use a multiple of the worker count",
+        )
         anneal, budget = self.optim.anneal_minutes, self.train.max_minutes
         _require(
             not anneal or 0 < anneal <= budget,
@@ -237,9 +248,9 @@ class ExperimentConfig:
         )
 
     @property
-    def global_batch_size(self) -> int:
-        """Images per optimizer step across all workers."""
-        return self.train.batch_size_per_worker * self.scaling.num_workers
+    def batch_size_per_worker(self) -> int:
+        """Images each worker trains on per optimizer step (its share of `train.batch_size`)."""
+        return self.train.batch_size // self.scaling.num_workers
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> ExperimentConfig:
@@ -254,6 +265,12 @@ class ExperimentConfig:
         """Dotted keys to values: the MLflow params and the keys `--set` accepts."""
         return flatten(self.to_dict())
 
+
+# Keys that existed once: using one is an error that says what replaced it.
+REMOVED_KEYS = {
+    "train.batch_size_per_worker": "train.batch_size_per_worker was removed: set train.batch_size, "
+    "the global batch over all workers (the old value times scaling.num_workers)",
+}
 
 SECTIONS: dict[str, type] = {
     f.name: typing.get_type_hints(ExperimentConfig)[f.name]
@@ -286,6 +303,8 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def coerce(key: str, value: Any) -> Any:
     """Check `value` against the type of `key`; strings (from the CLI) are parsed to it."""
     types = field_types()
+    if key in REMOVED_KEYS:
+        raise ConfigError(REMOVED_KEYS[key])
     if key not in types:
         if key in SECTIONS:
             raise ConfigError(f"{key}: is a section; give a mapping of its keys")

@@ -1,20 +1,26 @@
-"""Which rows each DDP rank reads in an epoch, and in which order: a function of (seed, epoch).
+"""The order a split is trained on: global batches that are a function of (seed, epoch) alone.
 
-Ray Data's `streaming_split` hands blocks to whichever rank asks first, so which rank read which
-row, and in which order, changed from run to run with the same seed. Here the order is computed
-before anything is read, from the manifest's shard row counts and the shards' `index` column:
+MosaicML Streaming's "elastic determinism" on the Parquet shards `prepare` wrote in a seeded
+random order of the whole source. Rows are named by their *sample id*, their number in the
+split's shards concatenated in manifest order. For the training split, in each epoch:
 
-1. the split's shards are permuted by a generator seeded with (seed, epoch);
-2. their rows, concatenated in that order, are cut into `world` equal contiguous spans (the
-   remainder, fewer than `world` rows, sits this epoch out); rank r reads span r, so each rank
-   reads about 1/world of the shards, at most two of them partly;
-3. inside its span a rank's rows are permuted in windows of `SHUFFLE_WINDOW` consecutive rows,
-   seeded with (seed, epoch, rank).
+1. the shards are permuted by a generator seeded with (seed, epoch) and their rows concatenated
+   in that order: a row's *read position*;
+2. read positions are cut into shuffle blocks of about `SHUFFLE_BLOCK_SHARDS` shards' worth of
+   rows, a multiple of G = `train.batch_size`; a block of s·G rows is cut into G strata of s
+   consecutive read positions, each permuted (the same generator), and its k-th global batch
+   holds the k-th row of every stratum, in stratum order;
+3. the last N mod G rows (< G, in the last block) sit the epoch out, the same ones for any
+   worker count;
+4. worker r of W trains on strata [r·G/W, (r+1)·G/W) of every global batch: its 1/W of each
+   block's read positions, so it reads only about 1/W of the shards (plus the shards its part
+   of a block starts and ends in), and the W workers together read each shard about once.
 
-Contiguous spans keep reads shard-local (a rank never scans the whole split); windows bound the
-memory a reader needs to put rows in order. The order depends on `world`: a mid-epoch position is
-only meaningful for the worker count that produced it. A checkpoint taken after b batches resumes
-with `RankOrder.after(b * batch_size)`.
+The set of rows in a global batch never depends on W; only which worker trains on which of
+them does. Validation reads its split in manifest order, cut the same way but keeping the
+last, partial batch (every row once). A position inside an epoch is a count of global samples
+(k·G after k steps), which means the same rows for any W: a run resumes on another worker
+count at the same sample (`RankOrder.after`).
 """
 
 from __future__ import annotations
@@ -22,108 +28,140 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from pipeline.datasets.manifest import resolve
-from pipeline.errors import DataError
-
-# Rows permuted together inside a rank's span: the same mixing as the former local shuffle
-# buffer; 4096 rows of 64×64×3 stay under 50 MB per worker while a reader puts them in order.
-SHUFFLE_WINDOW = 4096
+# Shuffle blocks span about this many shards' worth of rows (32,768 rows of the default
+# 2,048-row shards). A worker holds its share of one block's shards while it trains on it.
+SHUFFLE_BLOCK_SHARDS = 16
 
 
 @dataclass(frozen=True)
 class RankOrder:
-    """The rows one rank reads in one epoch, in the order it trains on them.
+    """The rows one worker trains on in one epoch, step by step.
 
     Attributes:
-        paths: shard paths (for the dataset's filesystem) this rank reads, in read order.
-        indices: int64 (n,) the `index` value of each row, in training order.
-        shard_of: int64 (n,) position in `paths` of the shard holding each row.
+        paths: shard paths relative to the dataset root, in the order they are first needed.
+        rows: the manifest's row count of each of those shards.
+        shard_of: int64 (n,) position in `paths` of each row's shard, in training order.
+        row_of: int64 (n,) each row's number inside its shard.
+        batch_sizes: int64 (steps,) this worker's rows in each step; they sum to n.
     """
 
     paths: tuple[str, ...]
-    indices: np.ndarray
+    rows: tuple[int, ...]
     shard_of: np.ndarray
+    row_of: np.ndarray
+    batch_sizes: np.ndarray
 
-    def after(self, rows: int) -> RankOrder:
-        """The same order without its first `rows` rows (already trained on), and without the
-        shards only those rows came from."""
-        shard_of = self.shard_of[rows:]
-        keep = np.unique(shard_of)  # sorted: read order is kept
-        renumber = np.full(len(self.paths), -1, dtype=np.int64)
-        renumber[keep] = np.arange(len(keep))
-        paths = tuple(self.paths[position] for position in keep)
-        return RankOrder(paths, self.indices[rows:], renumber[shard_of])
+    @property
+    def steps(self) -> int:
+        """Number of batches (optimizer steps, for training)."""
+        return len(self.batch_sizes)
+
+    def after(self, steps: int) -> RankOrder:
+        """The same order without its first `steps` batches (already trained on), and without
+        the shards only those batches read."""
+        skipped = int(self.batch_sizes[:steps].sum())
+        return _keep_shards(self.paths, self.rows, self.shard_of[skipped:],
+                            self.row_of[skipped:], self.batch_sizes[steps:])  # fmt: skip
+
+    def until(self, steps: int) -> RankOrder:
+        """The first `steps` batches of this order, and only the shards they read."""
+        kept = int(self.batch_sizes[:steps].sum())
+        return _keep_shards(self.paths, self.rows, self.shard_of[:kept], self.row_of[:kept],
+                            self.batch_sizes[:steps])  # fmt: skip
 
 
-def epoch_seed(seed: int, epoch: int, rank: int = -1) -> np.random.SeedSequence:
-    """Seed of an epoch's shard permutation (rank -1) or of one rank's window shuffle."""
-    return np.random.SeedSequence([seed, epoch, rank + 1])
+def _keep_shards(paths, rows, shard_of, row_of, batch_sizes) -> RankOrder:
+    """A `RankOrder` of these rows, listing only the shards they are in, in first-use order."""
+    keep, first = np.unique(shard_of, return_index=True)
+    keep = keep[np.argsort(first)]
+    renumber = np.full(len(paths), -1, dtype=np.int64)
+    renumber[keep] = np.arange(len(keep))
+    kept_paths, kept_rows = (tuple(column[s] for s in keep) for column in (paths, rows))
+    return RankOrder(kept_paths, kept_rows, renumber[shard_of], row_of, batch_sizes)
 
 
-def rank_order(
-    root: str,
-    split: dict,
-    *,
-    rank: int,
-    world: int,
-    seed: int = 0,
-    epoch: int = 0,
-    shuffle: bool = True,
-) -> RankOrder:
-    """The rows rank `rank` of `world` reads in `epoch`, in order.
+def epoch_seed(seed: int, epoch: int) -> np.random.SeedSequence:
+    """Seed of an epoch's shard permutation and block shuffle."""
+    return np.random.SeedSequence([seed, epoch])
+
+
+def global_order(
+    shard_rows: np.ndarray, batch_size: int, *, seed: int, epoch: int, shuffle: bool
+) -> np.ndarray:
+    """The sample ids of one epoch in training order: global batch k is `[k·G, (k+1)·G)`.
 
     Args:
-        root: the dataset's folder or URI (`PreparedDataset.root`).
-        split: the manifest's entry for the split ({"shards": [{"path", "rows"}, ...]}).
-        rank, world: this rank and the number of ranks.
-        seed, epoch: with `shuffle`, the order is a function of these (and rank, world) only.
-        shuffle: permute shards and windows, and give every rank the same number of rows (the
-            training split); without it shards stay in order and every row is read once
-            (validation).
+        shard_rows: int64 (shards,) rows of each shard, in manifest order.
+        batch_size: G, rows per global batch.
+        seed, epoch: with `shuffle`, the order is a function of these (and the shards) only.
+        shuffle: permute as the module docstring says and drop the last N mod G rows (the
+            training split); without it, every row once in manifest order (validation).
 
-    Raises:
-        DataError: a shard's `index` column has another length than the manifest says, or
-            repeats a value.
+    Returns:
+        int64 (S·G,), S = N // G, with `shuffle`, else (N,); each global batch sorted by read
+        position.
+    """
+    shard_rows = np.asarray(shard_rows, dtype=np.int64)
+    total = int(shard_rows.sum())
+    if not shuffle:
+        return np.arange(total, dtype=np.int64)
+    generator = np.random.default_rng(epoch_seed(seed, epoch))
+    shard_order = generator.permutation(len(shard_rows))
+    starts = np.cumsum(shard_rows) - shard_rows  # (shards,) first sample id of each shard
+    read_starts = np.cumsum(shard_rows[shard_order]) - shard_rows[shard_order]
+    # sample id at each read position: read positions run through the permuted shards
+    at_read = np.repeat(starts[shard_order] - read_starts, shard_rows[shard_order])
+    at_read += np.arange(total)
+    block = max(1, SHUFFLE_BLOCK_SHARDS * int(shard_rows.max(initial=1)) // batch_size)
+    batches = []  # per block: (s, G) read positions
+    for first in range(0, total, block * batch_size):
+        stratum = min(block, (total - first) // batch_size)  # s rows per stratum
+        strata = first + np.arange(batch_size * stratum).reshape(batch_size, stratum)  # (G, s)
+        batches.append(generator.permuted(strata, axis=1).T)  # (s, G): batch k, row k of each
+    positions = np.concatenate(batches) if batches else np.zeros((0, batch_size), np.int64)
+    return at_read[positions.reshape(-1)]
+
+
+def rank_rows(order: np.ndarray, batch_size: int, rank: int, world: int) -> tuple[np.ndarray, ...]:
+    """Worker `rank`'s part of every global batch of `order`.
+
+    Of a batch of m rows (m = G but for validation's last batch) the worker takes positions
+    [rank·m // world, (rank+1)·m // world).
+
+    Returns:
+        (its sample ids int64 (n,), its rows per batch int64 (batches,)).
+    """
+    starts = np.arange(0, len(order), batch_size, dtype=np.int64)
+    sizes = np.minimum(batch_size, len(order) - starts)
+    low, high = starts + rank * sizes // world, starts + (rank + 1) * sizes // world
+    counts = high - low
+    take = np.repeat(low - (np.cumsum(counts) - counts), counts) + np.arange(counts.sum())
+    return order[take], counts
+
+
+def rank_orders(
+    split: dict, *, ranks: list[int], world: int, batch_size: int, seed: int = 0,
+    epoch: int = 0, shuffle: bool = True,
+) -> list[RankOrder]:  # fmt: skip
+    """The rows workers `ranks` of `world` train on in `epoch`, batch by batch.
+
+    Args:
+        split: the manifest's entry for the split ({"shards": [{"path", "rows"}, ...]}).
+        ranks, world: these workers and the number of workers; `world` divides `batch_size`
+            for training (`ExperimentConfig` checks it).
+        batch_size: G, the global batch.
+        seed, epoch, shuffle: as for `global_order` (computed once for all `ranks`).
     """
     shards = split["shards"]
-    rows = np.array([shard["rows"] for shard in shards], dtype=np.int64)
-    order = np.arange(len(shards))
-    if shuffle:
-        order = np.random.default_rng(epoch_seed(seed, epoch)).permutation(len(shards))
-    ends = np.cumsum(rows[order])  # end of each shard in the concatenated rows
-    total = int(ends[-1]) if len(ends) else 0
-    if shuffle:
-        per_rank = total // world
-        start, stop = rank * per_rank, (rank + 1) * per_rank
-    else:
-        start, stop = rank * total // world, (rank + 1) * total // world
-    filesystem, base = resolve(root)
-    paths, indices, shard_of = [], [], []
-    for position, shard in enumerate(order):
-        first = int(ends[position] - rows[shard])
-        lo, hi = max(start, first), min(stop, int(ends[position]))
-        if lo >= hi:
-            continue
-        path = f"{base}/{shards[shard]['path']}"
-        column = pq.read_table(path, columns=["index"], filesystem=filesystem)["index"]
-        if len(column) != rows[shard]:
-            raise DataError(f"{root}/{shards[shard]['path']}: {len(column)} rows, manifest says "
-                            f"{rows[shard]}")  # fmt: skip
-        indices.append(column.to_numpy()[lo - first : hi - first])
-        shard_of.append(np.full(hi - lo, len(paths), dtype=np.int64))
-        paths.append(path)
-    indices_array = np.concatenate(indices) if indices else np.zeros(0, dtype=np.int64)
-    shard_array = np.concatenate(shard_of) if shard_of else np.zeros(0, dtype=np.int64)
-    if len(np.unique(indices_array)) != len(indices_array):
-        raise DataError(f"{root}: the `index` column repeats values within a split")
-    if shuffle:
-        generator = np.random.default_rng(epoch_seed(seed, epoch, rank))
-        for window in range(0, len(indices_array), SHUFFLE_WINDOW):
-            permutation = window + generator.permutation(
-                min(SHUFFLE_WINDOW, len(indices_array) - window)
-            )
-            indices_array[window : window + len(permutation)] = indices_array[permutation]
-            shard_array[window : window + len(permutation)] = shard_array[permutation]
-    return RankOrder(tuple(paths), indices_array, shard_array)
+    shard_rows = np.array([shard["rows"] for shard in shards], dtype=np.int64)
+    order = global_order(shard_rows, batch_size, seed=seed, epoch=epoch, shuffle=shuffle)
+    ends = np.cumsum(shard_rows)
+    paths = tuple(entry["path"] for entry in shards)
+    orders = []
+    for rank in ranks:
+        samples, sizes = rank_rows(order, batch_size, rank, world)
+        shard = np.searchsorted(ends, samples, side="right")  # manifest position of each row
+        row = samples - (ends - shard_rows)[shard]
+        orders.append(_keep_shards(paths, tuple(shard_rows.tolist()), shard, row, sizes))
+    return orders

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -155,12 +154,13 @@ def make_plan(cfg: ExperimentConfig, dataset: PreparedDataset) -> RunPlan:
         raise ConfigError(
             f"data.crop_size: {crop} exceeds the {dataset.height}x{dataset.width} images"
         )
-    per_worker = dataset.count(cfg.data.train_split) // cfg.scaling.num_workers
-    if per_worker == 0:
+    images = dataset.count(cfg.data.train_split)
+    steps = images // cfg.train.batch_size  # the last images % batch_size sit each epoch out
+    if steps == 0:
         raise ConfigError(
-            f"scaling.num_workers: more workers than training images in {dataset.root}"
+            f"train.batch_size: {cfg.train.batch_size} is more than the {images} images of "
+            f"split {cfg.data.train_split!r} in {dataset.root}"
         )
-    steps = math.ceil(per_worker / cfg.train.batch_size_per_worker)
     if cfg.train.max_steps_per_epoch:
         steps = min(steps, cfg.train.max_steps_per_epoch)
     height, width = (crop, crop) if crop else (dataset.height, dataset.width)
@@ -178,7 +178,8 @@ def start_new_run(cfg: ExperimentConfig, dataset: PreparedDataset, plan: RunPlan
     root = storage_location(cfg)
     tags = tracking.run_tags(cfg, dataset.manifest, dataset.root)
     tags["pixelrnn.run_dir"] = storage.join(root, name)
-    derived = {"global_batch_size": cfg.global_batch_size, "steps_per_epoch": plan.steps_per_epoch,
+    derived = {"batch_size_per_worker": cfg.batch_size_per_worker,
+               "steps_per_epoch": plan.steps_per_epoch,
                "image_shape": f"{plan.channels}x{plan.height}x{plan.width}",
                "train_images": dataset.count(cfg.data.train_split)}  # fmt: skip
     tracker = tracking.start_run(cfg, name, tags, derived)

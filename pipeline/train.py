@@ -25,10 +25,10 @@ from ray.train import ScalingConfig as RayScalingConfig
 
 from pipeline import capacity, data, ray_runtime, runs, sanity, storage, tracking, tracking_models
 from pipeline.checkpointing import (
-    BATCHES_KEY,
     CHECKPOINT_FILE,
     CHECKPOINT_SCORE,
     MID_EPOCH_SCORE,
+    POSITION_KEY,
     SAMPLES_FILE,
     SCORE_METRIC,
     Progress,
@@ -77,28 +77,22 @@ def _quiet_data_logs() -> None:
 
 
 def _epoch_batches(dataset, cfg: ExperimentConfig, epoch: int, skip: int):
-    """This rank's training batches of `epoch` after its first `skip` (see `data_order`)."""
+    """This rank's part of the global batches of `epoch` after the first `skip` of them (see
+    `pipeline.data_order`)."""
     context = ray.train.get_context()
-    order = dataset.rank_order(
-        cfg.data.train_split,
-        context.get_world_rank(),
-        context.get_world_size(),
-        cfg.train.seed,
-        epoch,
-        shuffle=True,
-    )
-    order = order.after(skip * cfg.train.batch_size_per_worker)  # fmt: skip
-    rows = data.read_in_order(dataset, order, cfg.train.batch_size_per_worker)
-    return pixel_batches(rows, cfg.data.crop_size)
+    order = dataset.rank_order(cfg.data.train_split, context.get_world_rank(),
+                               context.get_world_size(), cfg.train.batch_size, cfg.train.seed,
+                               epoch, shuffle=True)  # fmt: skip
+    return pixel_batches(data.read_in_order(dataset, order.after(skip)), cfg.data.crop_size)
 
 
 def train_loop_per_worker(config: dict) -> dict:
     """One DDP rank: restore, then train / validate / checkpoint / report each epoch.
 
-    Data: every rank builds its own Ray Data reads from the epoch's data order
-    (`pipeline.data_order`), not `get_dataset_shard`'s streaming split, so which rows a rank
-    trains on, and their order, depend on (seed, epoch) only and a run resumed mid-epoch skips
-    exactly the batches it trained on.
+    Data: every rank reads its part of the epoch's global batches (`pipeline.data_order`)
+    itself, not through `get_dataset_shard`'s streaming split: the rows of each optimizer step
+    depend on (seed, epoch) only, never on the worker count, and a run resumed mid-epoch, on
+    any number of workers, continues at the first global sample it had not trained on.
     """
     cfg = ExperimentConfig.from_dict(config["experiment"])
     plan = runs.RunPlan(**config["plan"])
@@ -112,12 +106,13 @@ def train_loop_per_worker(config: dict) -> dict:
     if cfg.train.compile:
         model = torch.compile(model)
     optimizer = make_optimizer(model.parameters(), cfg.optim)
-    progress = _restore(ray.train.get_checkpoint(), model, optimizer, rank, world)  # [ray 2]
+    progress = _restore(ray.train.get_checkpoint(), model, optimizer, rank, cfg)  # [ray 2]
     device = ray.train.torch.get_device()
     bf16 = use_bf16(cfg.train.precision, device)
     budget = TimeBudget(cfg.train.max_minutes, progress.seconds, device)
     timer = CheckpointTimer(cfg.train.checkpoint_every_minutes, device)
-    val_order = dataset.rank_order(cfg.data.val_split, rank, world, 0, 0, shuffle=False)
+    val_order = dataset.rank_order(cfg.data.val_split, rank, world, cfg.train.batch_size, 0, 0,
+                                   shuffle=False)  # fmt: skip
     first_epoch = progress.epoch
     for epoch in range(first_epoch, cfg.train.epochs):
         # Resumed with the budget already spent: nothing to do. (Later epochs only start when
@@ -125,10 +120,10 @@ def train_loop_per_worker(config: dict) -> dict:
         # ends, so the run's last checkpoint always carries the final grid.)
         if epoch == first_epoch and budget.spent():
             break
-        skip = progress.batches_in_epoch if epoch == first_epoch else 0
+        skip = progress.samples_in_epoch // cfg.train.batch_size if epoch == first_epoch else 0
         batches = _epoch_batches(dataset, cfg, epoch, skip)  # [ray 3] data
         validate = _validator(cfg, model, dataset, val_order, bf16)
-        worker = _Worker(cfg, plan, model, optimizer, rank, world, budget, timer)
+        worker = _Worker(cfg, plan, model, optimizer, rank, budget, timer)
         try:
             step, train_metrics = worker.train(batches, epoch, progress, skip, validate, bf16)
         except NonFiniteLossError as error:
@@ -137,7 +132,7 @@ def train_loop_per_worker(config: dict) -> dict:
         # Spent mid-epoch, at its end or during its validation: this epoch is the last.
         spent = budget.spent()
         progress = Progress(epoch=epoch + 1, step=step, seconds=budget.seconds(),
-                            budget_spent=spent, world_size=world)  # fmt: skip
+                            budget_spent=spent)  # fmt: skip
         metrics["time/train_minutes"] = progress.seconds / 60.0
         metrics[CHECKPOINT_SCORE] = metrics[SCORE_METRIC]
         _log_epoch(cfg, progress, metrics)
@@ -152,12 +147,12 @@ def train_loop_per_worker(config: dict) -> dict:
 def _validator(cfg: ExperimentConfig, model, dataset, order, bf16: bool):
     """(interim=False) -> {"val/bits_per_dim", "val/nll_nats"} over all ranks' val rows.
 
-    Interim reports (`train.report_every_steps`) score `train.interim_val_batches` batches per
-    rank when that is set; epoch ends score `train.max_val_batches` (0: the whole split).
+    Interim reports (`train.report_every_steps`) score `train.interim_val_batches` global
+    batches when that is set; epoch ends score `train.max_val_batches` (0: the whole split).
     """
 
     def validate(interim: bool = False) -> dict[str, float]:
-        rows = data.read_in_order(dataset, order, cfg.train.batch_size_per_worker)
+        rows = data.read_in_order(dataset, order)
         limit = cfg.train.max_val_batches
         if interim and cfg.train.interim_val_batches:
             limit = cfg.train.interim_val_batches
@@ -176,16 +171,15 @@ class _Worker:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     rank: int
-    world: int
     budget: TimeBudget
     timer: CheckpointTimer
 
     def train(self, batches, epoch: int, progress: Progress, skip: int, validate, bf16: bool):
         """Train `epoch` from `progress` on; (steps in total, the epoch's metrics).
 
-        `skip`: the batches of this epoch a mid-epoch `progress` had done (0: the epoch's
-        start); training starts after them, with that progress's metric sums (on rank 0 only:
-        they are over all ranks already).
+        `skip`: the global batches of this epoch a mid-epoch `progress` had done (0: the
+        epoch's start); training starts after them, with that progress's metric sums (on rank 0
+        only: they are over all ranks already).
         """
         meters = progress.meters if skip and self.rank == 0 else ()
         cfg, budget = self.cfg, self.budget
@@ -197,10 +191,10 @@ class _Worker:
             ray.train.report(metrics)  # [ray 5] no checkpoint
 
         def checkpoint_mid_epoch(step: int, batches_done: int, meters: tuple) -> None:
+            samples = batches_done * cfg.train.batch_size  # global samples, for any worker count
             progress = Progress(epoch=epoch, step=step, seconds=budget.seconds(),
-                                batches_in_epoch=batches_done, world_size=self.world,
-                                meters=meters)  # fmt: skip
-            metrics = {"step": step, BATCHES_KEY: batches_done, CHECKPOINT_SCORE: MID_EPOCH_SCORE,
+                                samples_in_epoch=samples, meters=meters)  # fmt: skip
+            metrics = {"step": step, POSITION_KEY: samples, CHECKPOINT_SCORE: MID_EPOCH_SCORE,
                        "time/train_minutes": progress.seconds / 60.0}  # fmt: skip
             self.checkpoint(progress, metrics, samples=False)  # [ray 4, 5]
 
@@ -232,25 +226,24 @@ class _Worker:
                                   Path(tmp) / SAMPLES_FILE)  # fmt: skip
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             name = f"epoch_{progress.epoch:04d}"
-            if progress.batches_in_epoch:  # inside epoch progress.epoch + 1
-                name = f"epoch_{progress.epoch + 1:04d}_batch_{progress.batches_in_epoch:06d}"
+            if progress.samples_in_epoch:  # inside epoch progress.epoch + 1
+                name = f"epoch_{progress.epoch + 1:04d}_sample_{progress.samples_in_epoch:08d}"
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)  # [ray 5]
 
 
-def _restore(checkpoint, model, optimizer, rank: int, world: int) -> Progress:
+def _restore(checkpoint, model, optimizer, rank: int, cfg: ExperimentConfig) -> Progress:
     if checkpoint is None:
         return Progress()
     with checkpoint.as_directory() as directory:
         progress = restore(directory, model, optimizer, restore_rng=rank == 0)
     where = f"epoch {progress.epoch} (step {progress.step})"
-    if progress.batches_in_epoch and progress.world_size != world:
-        logger.warning("the checkpoint inside epoch %d was taken with %d workers, not %d: its "
-                       "data order differs, so the epoch restarts from its first batch",
-                       progress.epoch + 1, progress.world_size, world)  # fmt: skip
-        progress = dataclasses.replace(progress, batches_in_epoch=0)
-    elif progress.batches_in_epoch:
-        where += f", {progress.batches_in_epoch} batches into epoch {progress.epoch + 1}"
-    logger.info("resumed from %s", where)
+    if progress.samples_in_epoch % cfg.train.batch_size:
+        raise PixelRNNError(f"the checkpoint's position, {progress.samples_in_epoch} samples into "
+                            f"epoch {progress.epoch + 1}, is not a whole number of global batches "
+                            f"of train.batch_size={cfg.train.batch_size}")  # fmt: skip
+    if progress.samples_in_epoch:
+        where += f", {progress.samples_in_epoch} samples into epoch {progress.epoch + 1}"
+    logger.info("resumed from %s on %d workers", where, cfg.scaling.num_workers)
     return progress
 
 
@@ -280,7 +273,7 @@ class MlflowReportCallback(UserCallback):
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
         report = metrics[0]  # rank 0's; metrics are already averaged over ranks
         position = (int(report["step"]), "epoch" in report)
-        if BATCHES_KEY in report or position <= self.last_logged:
+        if POSITION_KEY in report or position <= self.last_logged:
             return
         try:
             logged = {k: v for k, v in report.items() if not k.startswith("checkpoint/")}
@@ -402,6 +395,7 @@ def run_training(
         PixelRNNError: training failed after `scaling.max_failures` restarts.
     """
     dataset = data.open_prepared(storage.normalize(cfg.data.path), verify_checksums=cfg.data.verify)
+    data.warn_if_unshuffled(dataset)
     plan = runs.make_plan(cfg, dataset)
     ray_runtime.connect(address=cfg.scaling.ray_address or None)
     per_worker = cfg.scaling.worker_resources()

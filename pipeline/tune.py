@@ -25,7 +25,7 @@ from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.sample import Categorical, Domain, Float, Integer
 
 from pipeline import capacity, data, ray_runtime, runs, storage, sweeps, tracking, train
-from pipeline.checkpointing import BATCHES_KEY
+from pipeline.checkpointing import POSITION_KEY
 from pipeline.config import ExperimentConfig, coerce
 from pipeline.errors import ConfigError, PixelRNNError
 
@@ -118,7 +118,7 @@ class MeasuredReportCallback(TuneReportCallback):
     `tune.metric` (Tune refuses such results) and nothing for ASHA to judge."""
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-        if BATCHES_KEY not in metrics[0]:
+        if POSITION_KEY not in metrics[0]:
             super().after_report(run_context, metrics, checkpoint)
 
 

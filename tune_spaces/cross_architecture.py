@@ -15,7 +15,7 @@ SPACE = {
     "model.head_channels": tune.choice([48, 96, 192]),
     "optim.optimizer": tune.choice(["rmsprop", "adam"]),
     "optim.lr": tune.loguniform(1e-4, 3e-3),
-    "train.batch_size_per_worker": tune.choice([4, 8, 16]),
+    "train.batch_size": tune.choice([8, 16, 32]),
     "optim.grad_clip_norm": tune.choice([0.0, 1.0, 5.0]),
     "optim.warmup_steps": tune.choice([0, 20, 100]),
 }

@@ -1,7 +1,8 @@
 """`pixelrnn` command line: one sub-command per module in `COMMANDS`.
 
 Each command module exposes `register(subparsers)`, which adds its parser and sets
-`func(args) -> str | None` as the parser default; what `func` returns is printed here.
+`func(args) -> str | Iterable[str] | None` as the parser default; what `func` returns is printed
+here (an iterable line by line, as it is produced).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ COMMANDS = (
     "pipeline.cli.config",
     "pipeline.cli.verify",
     "pipeline.cli.export",
+    "pipeline.cli.batches",
 )
 
 
@@ -58,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("botocore").setLevel(logging.WARNING)  # "Found credentials in ..."
     try:
         output = args.func(args)
+        if output and not isinstance(output, str):  # an iterable: line by line, as produced
+            for line in output:
+                print(line)
+            output = None
     except PixelRNNError as error:
         print(f"pixelrnn: error: {error}", file=sys.stderr)
         return 2

@@ -1,5 +1,8 @@
 """Stream a `SourcePlan` into Parquet shards + manifest.json, atomically.
 
+Each split's rows are written in a seeded random order of the whole source (an external
+shuffle through bucket files on local disk: `shuffle.py`), so shards mix the source's classes.
+
 Everything is written into a hidden sibling folder and renamed onto the output at the end, so a
 failure (bad input, Ctrl-C) leaves no partial dataset, and `--force` replaces an old dataset only
 once the new one is complete.
@@ -23,9 +26,12 @@ from tqdm import tqdm
 from pipeline.datasets.base import SPLITS, UNLABELED, ReadUnit, SourcePlan
 from pipeline.datasets.manifest import MANIFEST_NAME, build_manifest
 from pipeline.datasets.shards import ShardWriter
+from pipeline.datasets.shuffle import ExternalShuffle
 from pipeline.errors import DataError
 
 logger = logging.getLogger(__name__)
+# What the manifest's `source.options.row_order` says of shards written by this version.
+ROW_ORDER = "shuffled: each split sorted by a hash of (seed, index)"
 
 
 class ValSplitter:
@@ -68,7 +74,7 @@ def prepare(
         shard_rows: rows per Parquet shard.
         split_rules: output split -> glob over unit names; matching units go to that split.
         val_fraction: hold out this fraction of train rows as val (seeded by `seed`).
-        seed: seed of the val hold-out.
+        seed: seed of the val hold-out and of the order of the rows in the shards.
         force: replace an existing prepared dataset at `output`.
         options: extra source options to record in the manifest.
     """
@@ -81,7 +87,8 @@ def prepare(
     try:
         splits = _write(plan, routes, temporary, shard_rows, val_fraction, seed)
         recorded = {"shard_rows": shard_rows, "split_rules": split_rules or {}}
-        recorded |= {"val_fraction": val_fraction, "seed": seed} | (options or {})
+        recorded |= {"val_fraction": val_fraction, "seed": seed, "row_order": ROW_ORDER}
+        recorded |= options or {}
         manifest = build_manifest(plan, splits, recorded)
         (temporary / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
         _publish(temporary, output)
@@ -103,7 +110,32 @@ def _write(
     val_fraction: float | None,
     seed: int,
 ) -> dict[str, dict]:
-    writer = ShardWriter(folder, plan.shape, plan.levels, shard_rows)
+    """Read the source into shuffle buckets under `folder`, then write each split's shards in
+    its shuffled order (`shuffle.ExternalShuffle`); the buckets are gone when this returns."""
+    buckets = ExternalShuffle(folder / ".shuffle", plan.shape, seed)
+    try:
+        _spill(plan, routes, buckets, val_fraction, seed)
+        writer = ShardWriter(folder, plan.shape, plan.levels, shard_rows)
+        for split in SPLITS:
+            for images, labels, indices in buckets.drain(split):
+                writer.add(split, images, labels, indices)
+    finally:
+        buckets.close()
+        shutil.rmtree(folder / ".shuffle", ignore_errors=True)
+    splits = writer.close()
+    if not splits:
+        raise DataError(f"{plan.input}: no images found")
+    return {split: splits[split] for split in SPLITS if split in splits}
+
+
+def _spill(
+    plan: SourcePlan,
+    routes: list[tuple[ReadUnit, str]],
+    buckets: ExternalShuffle,
+    val_fraction: float | None,
+    seed: int,
+) -> None:
+    """Pass 1: every unit's rows, numbered in source order, into their split's buckets."""
     splitter = ValSplitter(val_fraction, seed) if val_fraction is not None else None
     position = 0
     total_files = sum(unit.num_files for unit in plan.units)
@@ -115,16 +147,12 @@ def _write(
                 position += len(images)
                 if splitter is not None and split == "train":
                     held = splitter.mask(len(images))
-                    writer.add("val", images[held], labels[held], indices[held])
-                    writer.add("train", images[~held], labels[~held], indices[~held])
+                    buckets.add("val", images[held], labels[held], indices[held])
+                    buckets.add("train", images[~held], labels[~held], indices[~held])
                 else:
-                    writer.add(split, images, labels, indices)
+                    buckets.add(split, images, labels, indices)
                 bar.set_postfix(images=position, refresh=False)
             bar.update(unit.num_files)
-    splits = writer.close()
-    if not splits:
-        raise DataError(f"{plan.input}: no images found")
-    return {split: splits[split] for split in SPLITS if split in splits}
 
 
 def _check_chunk(plan: SourcePlan, unit: ReadUnit, images: np.ndarray, labels: np.ndarray) -> None:

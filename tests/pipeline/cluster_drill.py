@@ -38,7 +38,7 @@ def preempt(cluster, run_dir: str, events: list[str]) -> None:
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline:
         latest = latest_checkpoint(run_dir)
-        if latest.startswith("epoch_0001_batch_"):
+        if latest.startswith("epoch_0001_sample_"):
             break
         time.sleep(0.2)
     else:

@@ -94,7 +94,7 @@ def test_version_prints_the_package_version():
 
 
 @pytest.mark.parametrize("command", ["prepare", "train", "evaluate", "sample", "tune", "compare",
-                                     "config", "verify", "export"])  # fmt: skip
+                                     "config", "verify", "export", "batches"])  # fmt: skip
 def test_every_command_s_help_carries_an_example(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])

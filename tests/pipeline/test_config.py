@@ -66,9 +66,21 @@ def test_preset_then_model_overrides():
     assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
 
 
-def test_global_batch_size():
-    cfg = merge([{"train.batch_size_per_worker": 8, "scaling.num_workers": 4}])
-    assert cfg.global_batch_size == 32
+def test_batch_size_is_global_and_split_over_the_workers():
+    cfg = merge([{"train.batch_size": 32, "scaling.num_workers": 4}])
+    assert cfg.batch_size_per_worker == 8
+    with pytest.raises(ConfigError, match=r"^train\.batch_size: 30 images per step cannot be "
+                       r"split evenly over scaling\.num_workers=4 workers"):  # fmt: skip
+        merge([{"train.batch_size": 30, "scaling.num_workers": 4}])
+
+
+def test_the_removed_per_worker_batch_names_the_global_one(tmp_path):
+    with pytest.raises(ConfigError, match=r"^train\.batch_size_per_worker was removed: set "
+                       r"train\.batch_size, the global batch"):  # fmt: skip
+        merge([{"train.batch_size_per_worker": 8}])
+    old = tmp_path / "old.yaml"
+    old.write_text("train:\n  batch_size_per_worker: 8\n")
+    assert main(["config", "show", "--config", str(old)]) == 2
 
 
 @pytest.mark.parametrize(

@@ -78,15 +78,15 @@ def test_killed_and_resumed_run_retraces_the_uninterrupted_run(
         return (tmp_path / log_name).read_text()
 
     # Killed inside epoch 1, after its 2nd..5th batch (8 batches per epoch).
-    drive([], lambda name: name.startswith("epoch_0001_batch_00000")
-          and int(name[-6:]) >= 2, "first.log")  # fmt: skip
+    drive([], lambda name: name.startswith("epoch_0001_sample_")
+          and int(name[-8:]) >= 2 * 8, "first.log")  # fmt: skip
     mid = latest_checkpoint(run_dir)
     # Resumed there without mid-epoch checkpoints, killed again once epoch 1's end is saved.
     second = drive(["--resume", "--set", "train.checkpoint_every_minutes=0"],
                    lambda name: name == "epoch_0001", "second.log")  # fmt: skip
-    assert f"{int(mid[-6:])} batches into epoch 1" in second
+    assert f"{int(mid[-8:])} samples into epoch 1" in second
     third = drive(["--resume"], None, "third.log")
-    assert "resumed from epoch 1 (step 8)" in third and "batches into" not in third
+    assert "resumed from epoch 1 (step 8)" in third and "samples into" not in third
 
     final = load_checkpoint(run_dir / "epoch_0002")
     expected = load_checkpoint(Path(reference.run_dir) / "epoch_0002")

@@ -51,7 +51,7 @@ def test_resuming_at_the_checkpointed_batch_gives_identical_parameters(tmp_path)
 
     def checkpoint(step: int, batches_done: int, meters: tuple) -> None:
         if not saved:  # the first one only: later ones would overwrite it
-            progress = Progress(epoch=1, step=step, batches_in_epoch=batches_done, world_size=1,
+            progress = Progress(epoch=1, step=step, samples_in_epoch=batches_done * 2,
                                 meters=meters)  # fmt: skip
             save_checkpoint(tmp_path, model, optimizer, progress, cfg)
             saved.append((step, batches_done))
@@ -70,10 +70,10 @@ def test_resuming_at_the_checkpointed_batch_gives_identical_parameters(tmp_path)
 
     model, optimizer = fresh(cfg)  # a new process: nothing but the checkpoint survives
     progress = restore(tmp_path, model, optimizer)
-    assert (progress.epoch, progress.step, progress.batches_in_epoch) == (1, 8, 2)
-    step, metrics = run(cfg, model, optimizer, data[progress.batches_in_epoch :],
-                        start_step=progress.step, start_batch=progress.batches_in_epoch,
-                        meters=progress.meters)  # fmt: skip
+    assert (progress.epoch, progress.step, progress.samples_in_epoch) == (1, 8, 4)
+    done = progress.samples_in_epoch // 2  # global batches of 2 images
+    step, metrics = run(cfg, model, optimizer, data[done:], start_step=progress.step,
+                        start_batch=done, meters=progress.meters)  # fmt: skip
     assert step == 2 * STEPS_PER_EPOCH
     for key, value in model.state_dict().items():
         assert torch.equal(value, uninterrupted[key]), key

@@ -66,7 +66,7 @@ def test_worker_node_removed_mid_epoch_resumes_from_s3_and_retraces_the_run(
     (line,) = [line for line in drill.stdout.splitlines() if line.startswith("DRILL ")]
     summary = json.loads(line.removeprefix("DRILL "))
     assert summary["events"][0].startswith("removed a worker node after checkpoint epoch_0001_")
-    assert "batches into epoch 1" in output  # restarted inside the epoch, not at its start
+    assert "samples into epoch 1" in output  # restarted inside the epoch, not at its start
 
     client = MlflowClient(summary["tracking_uri"])
     run = client.get_run(summary["mlflow_run_id"])

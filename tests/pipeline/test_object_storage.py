@@ -3,7 +3,8 @@
 The S3 server (moto, on 127.0.0.1) and a real `mlflow server` (runs in SQLite, artifacts proxied to
 the same S3 server) are reached only through the standard variables and the tracking URI, as on a
 cluster. The tests run in order, each on what the one before left in the bucket:
-prepare -> train, driver SIGKILLed, --resume -> tune (2 trials), driver SIGKILLed, tune --resume ->
+prepare -> train on 2 workers, driver SIGKILLed mid-epoch, --resume on 1 worker -> tune
+(2 trials), driver SIGKILLed, tune --resume ->
 evaluate / sample / complete from s3:// checkpoints and data -> sample --run-id through the server
 with no S3 credentials -> compare. The drivers run in an empty working folder that stays empty.
 """
@@ -23,16 +24,23 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from temp_root import processes_mentioning, short_dir
-from train_support import end_processes_under
+from train_support import (
+    DETERMINISM_RUN,
+    TRAIN_IMAGES,
+    VAL_IMAGES,
+    end_processes_under,
+    reference_run,
+    tiny_overrides,
+)
 
 from pipeline import storage
 from pipeline.cli.main import main
 
 pytestmark = pytest.mark.ray
-EPOCHS = 3
+EPOCHS = DETERMINISM_RUN["train.epochs"]
 TINY = {
     "model.num_layers": 2, "model.hidden_channels": 12, "model.head_channels": 12,
-    "train.batch_size_per_worker": 4, "train.keep_best": 1, "tracking.num_samples": 2,
+    "train.batch_size": 8, "train.keep_best": 1, "tracking.num_samples": 2,
     "tracking.experiment_name": "s3",
 }  # fmt: skip
 SWEEP = {"scaling.num_workers": 1, "train.epochs": 2, "train.max_steps_per_epoch": 4,
@@ -102,7 +110,8 @@ def wait_until(condition, process: subprocess.Popen, log: Path, timeout_s: float
 
 
 def test_prepare_publishes_the_dataset_with_its_manifest_last(lab):
-    counts = ["--train-images=16", "--val-images=8", "--test-images=4", "--size", "8"]
+    counts = [f"--train-images={TRAIN_IMAGES}", f"--val-images={VAL_IMAGES}", "--test-images=8",
+              "--size", "8"]  # the reference run's dataset, here on S3  # fmt: skip
     assert main(["prepare", "builtin", "--output", lab.data, *counts]) == 0
     keys = lab.s3.keys(f"{lab.data}/")
     assert "data/builtin-8/manifest.json" in keys
@@ -110,26 +119,42 @@ def test_prepare_publishes_the_dataset_with_its_manifest_last(lab):
     assert main(["verify", lab.data]) == 0
 
 
-def test_train_killed_and_resumed_on_s3_logs_each_epoch_once(lab):
-    config = lab.config("train", {**TINY, "data.path": lab.data, "train.epochs": EPOCHS,
-                                  "train.storage_path": f"{lab.bucket}/runs",
-                                  "train.run_name": "resume"})  # fmt: skip
+def test_train_killed_mid_epoch_on_2_workers_resumed_on_1_ends_as_the_uninterrupted_run(
+    lab, tmp_path_factory
+):
+    reference, _ = reference_run(tmp_path_factory)  # 2 workers, local data and store
+    overrides = tiny_overrides(lab.data, lab.work, **{
+        **DETERMINISM_RUN, "train.storage_path": f"{lab.bucket}/runs", "train.run_name": "resume",
+        "train.checkpoint_every_minutes": 1e-4,  # a checkpoint after every step
+        "tracking.tracking_uri": "",  # MLFLOW_TRACKING_URI: the lab's server
+        "tracking.experiment_name": "s3", "tracking.num_samples": 2})  # fmt: skip
+    config = lab.config("train", overrides)
     first = lab.driver("train", "--config", config, log="train-first.log")
+
+    def inside_epoch_1() -> bool:  # 8 steps of 8 images per epoch; killed after step 2 or later
+        snapshot = lab.text("runs/resume/checkpoint_manager_snapshot.json")
+        latest = json.loads(snapshot or "{}").get("latest_checkpoint_result") or {}
+        name = latest.get("checkpoint_dir_name", "")
+        return name.startswith("epoch_0001_sample_") and int(name[-8:]) >= 16
+
     try:
-        wait_until(lambda: "epoch_0001" in lab.text("runs/resume/checkpoint_manager_snapshot.json"),
-                   first, lab.ray_temp / "train-first.log", 300)  # fmt: skip
+        wait_until(inside_epoch_1, first, lab.ray_temp / "train-first.log", 300)
     finally:
         lab.kill(first)
 
-    output = lab.run("train", "--config", config, "--resume")
-    assert "resumed from epoch" in output
+    output = lab.run("train", "--config", config, "--resume", "--set", "scaling.num_workers=1",
+                     "--set", "train.checkpoint_every_minutes=0")  # fmt: skip
+    assert "samples into epoch 1 on 1 workers" in output, output[-3000:]
     assert not processes_mentioning(str(lab.ray_temp)), "the resumed driver left Ray processes"
     best = output.split("best checkpoint: ")[1].split()[0]
     assert best.startswith(f"{lab.bucket}/runs/resume/epoch_")
     (run,) = lab.client.search_runs([lab.client.get_experiment_by_name("s3").experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["pixelrnn.resumed"] == "true"
+    assert "scaling.num_workers=1" in run.data.tags["pixelrnn.resume_changes"]
     epochs = [m.value for m in lab.client.get_metric_history(run.info.run_id, "epoch")]
     assert epochs == [float(e) for e in range(1, EPOCHS + 1)]  # none repeated, none lost
+    final = run.data.metrics["val/bits_per_dim"]
+    assert final == pytest.approx(reference.metrics["val/bits_per_dim"], abs=5e-4)
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied by the server
     artifacts = lab.s3.keys(lab.mlflow.artifacts)  # the server's artifact store, on S3
     assert any(f"{run.info.run_id}/artifacts/checkpoint/checkpoint.pt" in key for key in artifacts)

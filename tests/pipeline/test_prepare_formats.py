@@ -30,14 +30,17 @@ def prepare(*argv: str) -> dict:
 
 
 def read_back(output: Path, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(images (N, H, W, C), labels, indices) of a split, read with plain pyarrow."""
+    """(images (N, H, W, C), labels, indices) of a split, read with plain pyarrow, in source
+    order (by `index`: the shards hold the rows shuffled)."""
     manifest = json.loads((output / "manifest.json").read_text())
     shape = manifest["shape"]
     tables = [pq.read_table(output / s["path"]) for s in manifest["splits"][split]["shards"]]
     pixels = b"".join(b for t in tables for b in t.column("image").to_pylist())
     labels = np.concatenate([t.column("label").to_numpy() for t in tables])
     indices = np.concatenate([t.column("index").to_numpy() for t in tables])
-    return np.frombuffer(pixels, np.uint8).reshape(-1, *shape), labels, indices
+    order = np.argsort(indices)
+    images = np.frombuffer(pixels, np.uint8).reshape(-1, *shape)
+    return images[order], labels[order], indices[order]
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ class FakeDataset:
 
 
 def test_plan_sizes_epochs_and_image_shape():
-    cfg = merge([{"train.batch_size_per_worker": 8, "data.crop_size": 16}])
+    cfg = merge([{"train.batch_size": 14, "data.crop_size": 16}])  # 100 // 14: 7 steps
     plan = runs.make_plan(cfg, FakeDataset())
     assert plan == runs.RunPlan(steps_per_epoch=7, channels=3, height=16, width=16, levels=256)
     capped = merge([{"train.max_steps_per_epoch": 2}])
@@ -45,7 +45,11 @@ def test_plan_sizes_epochs_and_image_shape():
         ({"preset": "mnist_diagonal_bilstm"}, FakeDataset(), "model.channels: 1, but"),
         ({"data.val_split": "test"}, FakeDataset(), "data.val_split: /data/x has no split"),
         ({"data.crop_size": 64}, FakeDataset(), "data.crop_size: 64 exceeds the 32x32"),
-        ({"scaling.num_workers": 200}, FakeDataset(), "scaling.num_workers: more workers"),
+        (
+            {"train.batch_size": 128},
+            FakeDataset(),
+            "train.batch_size: 128 is more than the 100 images of split 'train' in /data/x",
+        ),
     ],
 )
 def test_plan_rejects_configs_that_do_not_fit_the_dataset(overrides, dataset, fragment):

@@ -35,7 +35,7 @@ def test_run_logs_params_tags_metrics_artifacts_and_status(tmp_path, monkeypatch
     cfg = merge([{"tracking.experiment_name": "unit", "model.num_layers": 2}])
     manifest = {"source": "builtin", "counts": {"train": 4}}
     tags = tracking.run_tags(cfg, manifest, str(tmp_path / "data"))
-    tracker = tracking.start_run(cfg, "unit-run", tags, {"global_batch_size": 32})
+    tracker = tracking.start_run(cfg, "unit-run", tags, {"batch_size_per_worker": 16})
     tracker = pickle.loads(pickle.dumps(tracker))  # as shipped to the Ray Train controller
     tracker.log_metrics({"val/bits_per_dim": 5.5, "epoch": 1, "note": "x", "bad": float("nan")}, 7)
     (tmp_path / "grid.png").write_bytes(b"png")
@@ -46,7 +46,7 @@ def test_run_logs_params_tags_metrics_artifacts_and_status(tmp_path, monkeypatch
     assert run.info.status == "FAILED" and run.info.run_name == "unit-run"
     assert run.data.params["model.num_layers"] == "2"
     assert run.data.params["optim.optimizer"] == "rmsprop"
-    assert run.data.params["derived.global_batch_size"] == "32"
+    assert run.data.params["derived.batch_size_per_worker"] == "16"
     assert set(cfg.to_flat()) <= set(run.data.params)
     assert run.data.tags["dataset.name"] == "builtin"
     assert run.data.tags["dataset.manifest_sha256"] == tracking.manifest_sha256(manifest)

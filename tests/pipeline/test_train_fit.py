@@ -98,7 +98,7 @@ def test_mlflow_run_has_params_metrics_samples_and_checkpoint(fitted):
     run = tracker.client.get_run(tracker.run_id)
     assert run.info.status == "FINISHED"
     assert set(cfg.to_flat()) <= set(run.data.params)
-    assert run.data.params["derived.global_batch_size"] == "8"
+    assert run.data.params["derived.batch_size_per_worker"] == "4"
     assert {"git.commit", "dataset.manifest_sha256", "model.layer", "version.ray"} <= set(
         run.data.tags
     )

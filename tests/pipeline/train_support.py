@@ -31,7 +31,7 @@ def tiny_overrides(data: Path, work: Path, **extra: Any) -> dict[str, Any]:
     """Dotted overrides for a 2-layer, 12-channel Row LSTM with its store under `work`."""
     return {
         "model.num_layers": 2, "model.hidden_channels": 12, "model.head_channels": 12,
-        "data.path": str(data), "train.epochs": 3, "train.batch_size_per_worker": 4,
+        "data.path": str(data), "train.epochs": 3, "train.batch_size": 8,
         "train.storage_path": str(work / "runs"), "train.keep_best": 1,
         "tracking.tracking_uri": f"sqlite:///{work}/mlflow.db", "tracking.experiment_name": "t",
         "tracking.num_samples": 2, **extra,
