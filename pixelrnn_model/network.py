@@ -85,6 +85,10 @@ class PixelRNN(nn.Module):
         """The sum of every layer's 1x1 skip conv of its stream, as one product over the
         concatenated streams: (B, H, W, L*2h) @ (L*2h, 2h) -> (B, 2h, H, W), channels-last."""
         weight = torch.cat([skip.live_weight()[:, :, 0, 0] for skip in self.skips], 1)
-        bias = torch.stack([skip.bias for skip in self.skips]).sum(0)
+        biases = torch.stack([skip.bias for skip in self.skips])  # (L, 2h)
+        # Summed by a product, not .sum(0): its backward expands one gradient to every layer, and
+        # autograd would hand each bias a view of the same memory (in-place clipping of one
+        # would scale them all).
+        bias = biases.new_ones(len(self.skips)) @ biases
         stacked = torch.cat([stream.permute(0, 2, 3, 1) for stream in streams], -1)
         return F.linear(stacked, weight, bias).permute(0, 3, 1, 2)

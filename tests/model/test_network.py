@@ -1,5 +1,6 @@
 """Network shapes, likelihood units, config validation, presets, sampling and learning."""
 
+import itertools
 import math
 
 import pytest
@@ -182,3 +183,21 @@ def test_recurrent_layers_keep_the_published_checkpoint_format(layer):
         if key.startswith(prefix)
     }
     assert layer_state == CHECKPOINT_FORMAT[layer]
+
+
+@pytest.mark.parametrize("layer", ["row_lstm", "diagonal_bilstm", "pixelcnn"])
+def test_parameter_gradients_do_not_share_memory(layer):
+    # Gradient clipping and accumulation change .grad in place: no two parameters' gradients may
+    # overlap in memory (a stacked or summed weight's backward can hand out views of one tensor).
+    model = tiny(layer, num_layers=3, learn_initial_state=True)
+    pixels = torch.randint(0, 256, (2, 3, 4, 5), generator=torch.Generator().manual_seed(0))
+    bits_per_dim(model(pixels), pixels).backward()
+    spans = []
+    for name, parameter in model.named_parameters():
+        grad = parameter.grad
+        start = grad.data_ptr()
+        end = start + grad.numel() * grad.element_size()  # contiguous or a disjoint slice
+        spans.append((start, end, name))
+    spans.sort()
+    for (_, end, name), (start, _, other) in itertools.pairwise(spans):
+        assert end <= start, f"the gradients of {name} and {other} overlap"
