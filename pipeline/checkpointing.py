@@ -219,7 +219,7 @@ def model_from_checkpoint(path: str | Path) -> TrainedModel:
     """Rebuild the trained model, in eval mode, from a checkpoint or weights file alone (a local
     path or a URI)."""
     payload = load_checkpoint(path)
-    config = ExperimentConfig.from_dict(payload["config"])
+    config = ExperimentConfig.from_stored(payload["config"])
     model = PixelRNN(config.model)
     model.load_state_dict(payload["model"])
     shape = tuple(payload.get("image_shape", (0, 0, 0)))

@@ -101,7 +101,8 @@ def load_images(root: str | Path, count: int, cfg: ExperimentConfig, split: str 
 
 
 def _prepared_images(root: str, count: int, split: str) -> Tensor:
-    """The first `count` rows of `split`, read straight from its Parquet shards (no Ray)."""
+    """The first `count` rows of `split`'s shards, read straight from them (no Ray): a seeded
+    random sample of the source, as `prepare` shuffles it."""
     import pyarrow.parquet as pq
 
     from pipeline.data import decode_pixels, open_prepared

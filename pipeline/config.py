@@ -257,6 +257,17 @@ class ExperimentConfig:
         """Build from a nested (or dotted) dict, as crossing into Ray or loaded from YAML."""
         return merge([flatten(config)])
 
+    @classmethod
+    def from_stored(cls, config: Mapping[str, Any]) -> ExperimentConfig:
+        """Build from a config an earlier version saved (a checkpoint, a weights file, a run
+        record): `train.batch_size_per_worker` becomes `train.batch_size`, times the workers."""
+        flat = flatten(config)
+        per_worker = flat.pop("train.batch_size_per_worker", None)
+        if per_worker is not None:
+            workers = flat.get("scaling.num_workers", ScalingConfig().num_workers)
+            flat["train.batch_size"] = per_worker * workers
+        return merge([flat])
+
     def to_dict(self) -> dict[str, Any]:
         """The nested dict of plain values that `from_dict` turns back into this config."""
         return dataclasses.asdict(self)

@@ -120,7 +120,7 @@ def find_run_to_resume(cfg: ExperimentConfig) -> RunRecord:
             f"(train.run_name={cfg.train.run_name!r}) found in {root}"
         )
     record = RunRecord.load(storage.join(root, name))
-    _check_same_experiment(ExperimentConfig.from_dict(record.config), cfg)
+    _check_same_experiment(ExperimentConfig.from_stored(record.config), cfg)
     return record
 
 
@@ -196,7 +196,7 @@ def reopen_run(cfg: ExperimentConfig):
     record = find_run_to_resume(cfg)
     tracker = tracking.reopen_run(record.tracking_uri, record.mlflow_run_id)
     flat = cfg.to_flat()  # MLflow params cannot change, so allowed changes become a tag
-    changes = changed_keys(ExperimentConfig.from_dict(record.config), cfg)
+    changes = changed_keys(ExperimentConfig.from_stored(record.config), cfg)
     if changes:
         tracker.set_tags({"pixelrnn.resume_changes": ", ".join(f"{k}={flat[k]}" for k in changes)})
     record = dataclasses.replace(record, config=cfg.to_dict())

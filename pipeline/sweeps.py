@@ -148,7 +148,7 @@ def find_sweep_to_resume(cfg: ExperimentConfig) -> SweepRecord:
             f"(tune.sweep_name={cfg.tune.sweep_name!r}) found in {root}"
         )
     record = SweepRecord.load(storage.join(root, name))
-    before = ExperimentConfig.from_dict(record.config)
+    before = ExperimentConfig.from_stored(record.config)
     changed = [
         key for key in changed_keys(before, cfg) if key not in ("tune.sweep_name", "data.verify")
     ]

@@ -120,7 +120,17 @@ def main(config_path: str, temp_dir: str) -> None:
         cfg = merge([{**overrides, "scaling.ray_address": address,
                       "scaling.autoscaler_config": str(cluster_config)}])  # fmt: skip
         try:  # more accel workers than the autoscaler can ever add: refused before any output
-            run_training(merge([{**cfg.to_flat(), "scaling.num_workers": MAX_WORKERS + 1}]))
+            run_training(
+                merge(
+                    [
+                        {
+                            **cfg.to_flat(),
+                            "scaling.num_workers": MAX_WORKERS + 1,
+                            "train.batch_size": 4 * (MAX_WORKERS + 1),
+                        }
+                    ]
+                )
+            )
             refused = ""
         except ConfigError as error:
             refused = str(error)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
@@ -67,7 +69,11 @@ def test_prepared_dataset_images_match_the_source(tmp_path):
     assert main(["prepare", *argv]) == 0
     cfg = merge([{**TINY, "data.crop_size": 8}])
     pixels = load_images(tmp_path / "ds", 3, cfg, split="test")
-    expected = torch.from_numpy(data[:3]).permute(0, 3, 1, 2)[:, :, 12:20, 12:20]
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    (shard,) = manifest["splits"]["test"]["shards"]
+    # `index` counts data_batch_1's 2 images first; the shard holds its rows shuffled
+    first = pq.read_table(tmp_path / "ds" / shard["path"])["index"].to_numpy()[:3] - 2
+    expected = torch.from_numpy(data[first]).permute(0, 3, 1, 2)[:, :, 12:20, 12:20]
     assert torch.equal(pixels, expected.long())
 
 

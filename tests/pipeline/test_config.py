@@ -78,6 +78,8 @@ def test_the_removed_per_worker_batch_names_the_global_one(tmp_path):
     with pytest.raises(ConfigError, match=r"^train\.batch_size_per_worker was removed: set "
                        r"train\.batch_size, the global batch"):  # fmt: skip
         merge([{"train.batch_size_per_worker": 8}])
+    stored = {"train": {"batch_size_per_worker": 8}, "scaling": {"num_workers": 4}}
+    assert ExperimentConfig.from_stored(stored).train.batch_size == 32  # checkpoints, weights
     old = tmp_path / "old.yaml"
     old.write_text("train:\n  batch_size_per_worker: 8\n")
     assert main(["config", "show", "--config", str(old)]) == 2

@@ -116,7 +116,8 @@ def test_compare_lists_every_trial_with_its_metrics(sweep, tmp_path, capsys):
 def test_a_sweep_that_cannot_fit_the_cluster_fails_before_starting(sweep):
     cfg, _summary, _client, work = sweep
     too_big = tiny_config(Path(cfg.data.path), work, **{**SWEEP, "scaling.num_workers": 3,
-                          "tune.space": "row_lstm", "tune.sweep_name": "too-big"})  # fmt: skip
+                          "train.batch_size": 12, "tune.space": "row_lstm",
+                          "tune.sweep_name": "too-big"})  # fmt: skip
     with pytest.raises(ConfigError) as info:
         run_sweep(too_big)
     message = str(info.value)
