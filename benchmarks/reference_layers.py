@@ -89,23 +89,12 @@ def _diagonal_forward(self: DiagonalBiLSTM, x: Tensor) -> Tensor:
     return _masked_conv(self.output, forward + _shift_down(backward))
 
 
-def _layer_by_layer(self: PixelRNN, x: Tensor) -> list[Tensor]:
-    """`PixelRNN.streams` calling each layer's forward in turn (the optimized model runs a Row
-    LSTM stack as one wavefront instead)."""
-    streams = []
-    for layer in self.layers:
-        out = layer(x)
-        x = x + out if self.config.residual else out
-        streams.append(x)
-    return streams
-
-
 def use_reference_layers(model: PixelRNN) -> PixelRNN:
     """Swap every recurrent layer's forward for the per-step reference (in place), run the layers
     one after another, and keep the feature maps in the plain (B, C, H, W) layout those loops
     index."""
     model.memory_format = torch.contiguous_format
-    model.streams = types.MethodType(_layer_by_layer, model)
+    model.streams = model.layer_by_layer  # the layers one after another, not the wavefront
     for layer in model.layers:
         if isinstance(layer, RowLSTM):
             layer.forward = types.MethodType(_row_forward, layer)

@@ -182,16 +182,3 @@ class ConvLSTMScan(nn.Module):
         directions = self.state_to_state.shape[0]
         zeros = like.new_zeros(directions, self.hidden, dtype=state_dtype(like.dtype))
         return zeros, zeros
-
-    def initial_state(self, batch: int, length: int, like: Tensor) -> tuple[Tensor, Tensor]:
-        """(h_0, c_0), each (D, N, L, h), in `state_dtype(like.dtype)`."""
-        directions = self.state_to_state.shape[0]
-        shape, dtype = (directions, batch, length, self.hidden), state_dtype(like.dtype)
-        return tuple(v[:, None, None].expand(shape).to(dtype) for v in self.initial_vectors(like))
-
-    def gather_taps(self, h: Tensor) -> Tensor:
-        """The taps of every position: (D, N, L, h) states -> (D, N, L, k*h), zero padded."""
-        D, N, L, hidden = h.shape
-        padded = torch.nn.functional.pad(h, (0, 0, *self.pad))  # (D, N, L + k - 1, h)
-        windows = padded.unfold(2, self.kernel, 1)  # (D, N, L, h, k)
-        return windows.transpose(-1, -2).reshape(D, N, L, self.kernel * hidden)

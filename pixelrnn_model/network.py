@@ -74,6 +74,10 @@ class PixelRNN(nn.Module):
         """The residual stream (B, 2h, H, W) after each layer, from the first conv's output x."""
         if self.config.layer == "row_lstm":  # the whole stack as one wavefront
             return row_lstm_stack(x, list(self.layers), self.config.residual)
+        return self.layer_by_layer(x)
+
+    def layer_by_layer(self, x: Tensor) -> list[Tensor]:
+        """`streams` calling each layer's forward in turn."""
         streams = []
         for layer in self.layers:
             out = layer(x)
