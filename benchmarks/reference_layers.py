@@ -95,6 +95,7 @@ def use_reference_layers(model: PixelRNN) -> PixelRNN:
     index."""
     model.memory_format = torch.contiguous_format
     model.streams = model.layer_by_layer  # the layers one after another, not the wavefront
+    model.skip_features = lambda x: model.skip_sum(model.layer_by_layer(x))
     for layer in model.layers:
         if isinstance(layer, RowLSTM):
             layer.forward = types.MethodType(_row_forward, layer)

@@ -16,6 +16,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor, nn
 
+from pixelrnn_model import workspace
 from pixelrnn_model.conv_lstm import (
     CellBuffers,
     ConvLSTMScan,
@@ -94,12 +95,15 @@ class DiagonalScan(torch.autograd.Function):
 
     Forward: rows (H*W, B, 8h) the input-to-state gates in raster order, [o, f, i, g] left to
     right then right to left; weight (2, 2h, 4h) state-to-state, rows (tap, channel) with taps
-    (r-1, j), (r, j-1); h0, c0 (2, h); the image's height and width. Returns (H*W, B, h): the
+    (r-1, j), (r, j-1); h0, c0 (2, h); the image's height and width; recorded: whether autograd
+    records this call (else the buffers go back to the pool at once). Returns (H*W, B, h): the
     left-to-right state at (r, j) plus the right-to-left state at (r-1, j) (zero on row 0).
+
+    The large buffers come from `workspace` (call `apply` inside `workspace.saved_to_pool()`).
     """
 
     @staticmethod
-    def forward(ctx, rows, weight, h0, c0, height, width):
+    def forward(ctx, rows, weight, h0, c0, height, width, recorded):
         B, hid = rows.shape[1], weight.shape[1] // 2
         G, D, dtype = 4 * hid, 2, compute_dtype(rows)
         state, geo = state_dtype(dtype), diagonal_slots(height, width, rows.device)
@@ -108,16 +112,16 @@ class DiagonalScan(torch.autograd.Function):
         with torch.autocast(rows.device.type, enabled=False):
             weight = weight.to(dtype)
             w_up, w_left = weight[:, :hid], weight[:, hid:]
-            hs = rows.new_empty((D, P + 1, B, hid), dtype=dtype)
+            hs = workspace.take((D, P + 1, B, hid), dtype, rows)
             hs[:, :P] = h0[:, None, None]
             hs[:, P] = 0
-            cs = rows.new_empty((D, P, B, hid), dtype=state)
+            cs = workspace.take((D, P, B, hid), state, rows)
             cs[:] = c0[:, None, None]
-            acts = rows.new_empty((D, P, B, G), dtype=state)
+            acts = workspace.take((D, P, B, G), state, rows)
             gates = rows.to(state)
             for d in range(D):
                 acts[d].index_copy_(0, geo.slot_of[d], gates[..., d * G : (d + 1) * G])
-            tanh_cs = torch.empty_like(cs)
+            tanh_cs = workspace.take((D, P, B, hid), state, rows)
             for n, out, up, left in geo.steps:
                 a = _run(acts, out, n)  # (D, n*B, 4h)
                 add_product(a, _run(hs, up, n), w_up)
@@ -126,6 +130,8 @@ class DiagonalScan(torch.autograd.Function):
                 cell(a, c_prev, a, c, tanh_c, _run(hs, out, n))
             combined = hs[0].index_select(0, geo.slot_of[0])
             combined += hs[1].index_select(0, geo.above_right)
+        if not recorded:
+            workspace.give(hs, cs, acts, tanh_cs)
         ctx.save_for_backward(hs, cs, acts, tanh_cs, weight)
         ctx.geo, ctx.learned = geo, (h0.requires_grad, c0.requires_grad)
         return combined
@@ -136,10 +142,11 @@ class DiagonalScan(torch.autograd.Function):
         hs, cs, acts, tanh_cs, weight = ctx.saved_tensors
         geo, (D, hid), dtype = ctx.geo, (hs.shape[0], hs.shape[3]), hs.dtype
         G = 4 * hid
-        ghs = torch.zeros_like(hs, dtype=cs.dtype)
+        ghs = workspace.take(hs.shape, cs.dtype, hs).zero_()
         ghs[0].index_copy_(0, geo.slot_of[0], grad_out.to(cs.dtype))
         ghs[1].index_add_(0, geo.above_right, grad_out.to(cs.dtype))
-        gcs, grad_gates = torch.zeros_like(cs), torch.zeros_like(acts)
+        gcs = workspace.take(cs.shape, cs.dtype, cs).zero_()
+        grad_gates = workspace.take(acts.shape, acts.dtype, acts).zero_()
         w_up_t, w_left_t = weight[:, :hid].transpose(1, 2), weight[:, hid:].transpose(1, 2)
         for n, out, up, left in reversed(geo.steps):
             gp, a = _run(grad_gates, out, n), _run(acts, out, n)  # (D, n*B, 4h)
@@ -150,20 +157,24 @@ class DiagonalScan(torch.autograd.Function):
             add_product(_run(ghs, up, n), gp, w_up_t)
             add_product(_run(ghs, left, n), gp, w_left_t)
         grad_rows = torch.cat([grad_gates[d].index_select(0, geo.slot_of[d]) for d in range(D)], -1)
-        grads_at_image = grad_gates.index_select(1, geo.image).view(D, -1, G)  # state dtype
-        grad_weight = torch.cat(
-            [
-                hs.index_select(1, taps).view(D, -1, hid).to(cs.dtype).transpose(1, 2)
-                @ grads_at_image
-                for taps in (geo.up, geo.left)
-            ],
-            1,
-        )
+        image = len(geo.image)
+        grads_at_image = workspace.take((D, image, *acts.shape[2:]), acts.dtype, acts)
+        torch.index_select(grad_gates, 1, geo.image, out=grads_at_image)  # state dtype
+        per_tap = []
+        for taps in (geo.up, geo.left):
+            states = workspace.take((D, image, *hs.shape[2:]), hs.dtype, hs)
+            torch.index_select(hs, 1, taps, out=states)
+            per_tap.append(
+                states.view(D, -1, hid).to(cs.dtype).transpose(1, 2) @ grads_at_image.view(D, -1, G)
+            )
+            workspace.give(states)
+        grad_weight = torch.cat(per_tap, 1)
         grad_h0 = ghs.index_select(1, geo.pads).sum((1, 2)) if ctx.learned[0] else None
         grad_c0 = gcs.index_select(1, geo.pads).sum((1, 2)) if ctx.learned[1] else None
+        workspace.give(ghs, gcs, grad_gates, grads_at_image)
         grads = grad_rows, grad_weight, grad_h0, grad_c0
         cast = [None if g is None else g.to(t) for g, t in zip(grads, ctx.dtypes, strict=True)]
-        return *cast, None, None
+        return *cast, None, None, None
 
 
 def _run(buffer: Tensor, start: int, n: int) -> Tensor:
@@ -200,7 +211,9 @@ class DiagonalBiLSTM(nn.Module):
         rows = gates.permute(2, 3, 0, 1).reshape(H * W, B, -1)  # (H*W, B, 8h), a channels-last view
         h0, c0 = self.scan.initial_vectors(gates)  # each (2, h)
         weight = self.scan.state_to_state_matrix()  # (2, 2h, 4h)
-        combined = DiagonalScan.apply(rows, weight, h0, c0, H, W)  # (H*W, B, h)
+        recorded = torch.is_grad_enabled() and any(t.requires_grad for t in (rows, weight, h0, c0))
+        with workspace.saved_to_pool():
+            combined = DiagonalScan.apply(rows, weight, h0, c0, H, W, recorded)  # (H*W, B, h)
         combined = combined.view(H, W, B, -1).permute(2, 3, 0, 1)  # (B, h, H, W)
         return self.output(combined.to(x.dtype, memory_format=torch.channels_last))
 

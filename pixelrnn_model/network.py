@@ -64,35 +64,52 @@ class PixelRNN(nn.Module):
         B, C, H, W = pixels.shape
         features = self.features(pixels).contiguous(memory_format=self.memory_format)
         x = self.input_conv(features)  # (B, 2h, H, W)
-        streams = self.streams(x)
-        features = self.skip_sum(streams) if self.config.skip else streams[-1]
+        if self.config.skip:
+            features = self.skip_features(x)
+        else:
+            features = self.streams(x)[..., -1, :].permute(0, 3, 1, 2)
         hidden = self.head_hidden(F.relu(features))  # (B, head, H, W)
         logits = self.head_output(F.relu(hidden))  # (B, C*levels, H, W), grouped by colour
         return logits.view(B, C, self.config.levels, H, W).transpose(1, 2)
 
-    def streams(self, x: Tensor) -> list[Tensor]:
-        """The residual stream (B, 2h, H, W) after each layer, from the first conv's output x."""
+    def streams(self, x: Tensor) -> Tensor:
+        """The residual stream after each layer, from the first conv's output x (B, 2h, H, W):
+        (B, H, W, L, 2h), each position's L streams side by side."""
         if self.config.layer == "row_lstm":  # the whole stack as one wavefront
             return row_lstm_stack(x, list(self.layers), self.config.residual)
         return self.layer_by_layer(x)
 
-    def layer_by_layer(self, x: Tensor) -> list[Tensor]:
+    def layer_by_layer(self, x: Tensor) -> Tensor:
         """`streams` calling each layer's forward in turn."""
         streams = []
         for layer in self.layers:
             out = layer(x)
             x = x + out if self.config.residual else out
-            streams.append(x)
-        return streams
+            streams.append(x.permute(0, 2, 3, 1))  # channels-last: a view
+        return torch.stack(streams, 3)
 
-    def skip_sum(self, streams: list[Tensor]) -> Tensor:
-        """The sum of every layer's 1x1 skip conv of its stream, as one product over the
-        concatenated streams: (B, H, W, L*2h) @ (L*2h, 2h) -> (B, 2h, H, W), channels-last."""
+    def skip_features(self, x: Tensor) -> Tensor:
+        """The skip connections' sum over layers (B, 2h, H, W), channels-last, from the first
+        conv's output x. A Row LSTM's wavefront computes it from its own stream buffer."""
+        if self.config.layer == "row_lstm":
+            weight, bias = self.skip_matrix()
+            read = (weight.view(weight.shape[0], len(self.skips), -1).permute(1, 2, 0), bias)
+            features = row_lstm_stack(x, list(self.layers), self.config.residual, read)
+            return features.permute(0, 3, 1, 2)
+        return self.skip_sum(self.streams(x))
+
+    def skip_matrix(self) -> tuple[Tensor, Tensor]:
+        """Every layer's 1x1 skip conv side by side, (2h, L*2h), and their summed bias (2h)."""
         weight = torch.cat([skip.live_weight()[:, :, 0, 0] for skip in self.skips], 1)
         biases = torch.stack([skip.bias for skip in self.skips])  # (L, 2h)
         # Summed by a product, not .sum(0): its backward expands one gradient to every layer, and
         # autograd would hand each bias a view of the same memory (in-place clipping of one
         # would scale them all).
-        bias = biases.new_ones(len(self.skips)) @ biases
-        stacked = torch.cat([stream.permute(0, 2, 3, 1) for stream in streams], -1)
-        return F.linear(stacked, weight, bias).permute(0, 3, 1, 2)
+        return weight, biases.new_ones(len(self.skips)) @ biases
+
+    def skip_sum(self, streams: Tensor) -> Tensor:
+        """The sum of every layer's 1x1 skip conv of its stream, as one product over the
+        streams (B, H, W, L, 2h) seen as (B, H, W, L*2h): @ (L*2h, 2h) -> (B, 2h, H, W),
+        channels-last."""
+        weight, bias = self.skip_matrix()
+        return F.linear(streams.flatten(3), weight, bias).permute(0, 3, 1, 2)

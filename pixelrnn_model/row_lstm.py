@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from pixelrnn_model import workspace
 from pixelrnn_model.conv_lstm import CellBuffers, ConvLSTMScan, state_dtype
 from pixelrnn_model.masked_conv import ConvWindow, MaskedConv2d
 from pixelrnn_model.row_wavefront import RowWavefront
@@ -40,7 +41,7 @@ class RowLSTM(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, 2h, H, W) -> (B, 2h, H, W), channels-last: this layer alone."""
-        return row_lstm_stack(x, [self], residual=False)[0]
+        return row_lstm_stack(x, [self], residual=False)[..., 0, :].permute(0, 3, 1, 2)
 
     def start_sampling(self, n: int, height: int, width: int, like: Tensor) -> dict:
         """The cache of `sample_at`: the layer inputs' map, the states of the row above (zero
@@ -80,16 +81,21 @@ class RowLSTM(nn.Module):
 
 
 @torch.compiler.disable  # the steps are a Python loop: traced, they unroll (12+ min to compile)
-def row_lstm_stack(x: Tensor, layers: Sequence[RowLSTM], residual: bool) -> list[Tensor]:
+def row_lstm_stack(
+    x: Tensor, layers: Sequence[RowLSTM], residual: bool, read: tuple[Tensor, Tensor] | None = None
+) -> Tensor:
     """Run Row LSTM layers one after another on x, as one wavefront.
 
     Args:
         x: (B, 2h, H, W) the first layer's input.
         layers: RowLSTM layers of one shape (same h, k and masks).
         residual: each layer's output is added to its input (else it replaces it).
+        read: the skip connections, weight (L, 2h, Co) and bias (Co): then only their sum over
+            layers is returned (the streams stay inside the wavefront's buffers).
 
     Returns:
-        L tensors (B, 2h, H, W), channels-last: the stream after each layer.
+        Without `read`: (B, H, W, L, 2h), the stream after each layer (every position's L
+        streams side by side). With it: (B, H, W, Co), sum_l stream_l @ weight[l] + bias.
     """
     first = layers[0]
     rows, cols = first.input_to_state.live
@@ -121,5 +127,7 @@ def row_lstm_stack(x: Tensor, layers: Sequence[RowLSTM], residual: bool) -> list
         ):
             store.append(value)
     stacked = [torch.stack(values) for values in weights]
-    stream = RowWavefront.apply(x, *stacked, geometry, residual)  # (L, B, H, W, 2h)
-    return list(stream.permute(0, 1, 4, 2, 3).unbind(0))
+    inputs = (x, *stacked, *(read or ()))
+    recorded = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    with workspace.saved_to_pool():
+        return RowWavefront.apply(x, *stacked, geometry, residual, recorded, *(read or ()))

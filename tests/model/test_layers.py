@@ -150,7 +150,9 @@ def test_row_wavefront_matches_per_layer_per_row_autograd(
     torch.manual_seed(0)
     stack = float64_row_layers(layers, kernel, learned)
     x = torch.randn(2, 6, height, 5, dtype=torch.float64, requires_grad=True)
-    streams = row_lstm_stack(x, stack, residual)
+    stacked = row_lstm_stack(x, stack, residual)  # (B, H, W, L, 2h)
+    assert stacked.shape == (2, height, 5, layers, 6) and stacked.is_contiguous()
+    streams = [s.permute(0, 3, 1, 2) for s in stacked.unbind(3)]
     expected, stream = [], x
     for layer in stack:
         out = per_step_row_lstm(layer, stream)
@@ -164,7 +166,6 @@ def test_row_wavefront_matches_per_layer_per_row_autograd(
         torch.testing.assert_close(mine, reference, rtol=1e-12, atol=1e-12)
     for mine, reference in zip(ours, theirs, strict=True):
         torch.testing.assert_close(mine, reference, rtol=1e-10, atol=1e-12)
-    assert all(s.is_contiguous(memory_format=torch.channels_last) for s in streams)
 
 
 def test_scans_refuse_double_backward():
@@ -186,7 +187,7 @@ def test_flop_counter_sees_all_of_the_wavefronts_products():
     stack = float64_row_layers(count, kernel, learned=True, hidden=hidden)
     x = torch.randn(B, 2 * hidden, H, W, dtype=torch.float64, requires_grad=True)
     with FlopCounterMode(display=False) as counter:
-        torch.stack(row_lstm_stack(x, stack, residual=True)).sum().backward()
+        row_lstm_stack(x, stack, residual=True).sum().backward()
     live_taps = stack[0].input_to_state.live[1].stop - stack[0].input_to_state.live[1].start
     per_position = 2 * (live_taps * 2 * hidden * 4 * hidden + kernel * hidden * 4 * hidden)
     per_position += 2 * hidden * 2 * hidden

@@ -201,3 +201,32 @@ def test_parameter_gradients_do_not_share_memory(layer):
     spans.sort()
     for (_, end, name), (start, _, other) in itertools.pairwise(spans):
         assert end <= start, f"the gradients of {name} and {other} overlap"
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_row_lstm_skip_sum_read_inside_the_wavefront_matches_the_streams_path(residual):
+    # The Row LSTM network reads its skip connections' sum from the wavefront's own buffers
+    # (the L streams never leave it); the general path stacks the streams and applies the skip
+    # convs as one product. Same logits and parameter gradients in float64.
+    def run(model, swap):
+        if swap:
+            model.skip_features = lambda x: model.skip_sum(model.streams(x))
+        torch.manual_seed(3)
+        pixels = torch.randint(0, 256, (2, 3, 5, 4))
+        logits = model(pixels)
+        upstream = torch.randn(logits.shape, dtype=torch.float64)
+        (logits * upstream).sum().backward()
+        return logits.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+    results = [
+        run(
+            tiny("row_lstm", num_layers=3, residual=residual, learn_initial_state=True).double(),
+            swap,
+        )
+        for swap in (False, True)
+    ]
+    (ours, our_grads), (theirs, their_grads) = results
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    assert our_grads.keys() == their_grads.keys()
+    for name, grad in our_grads.items():
+        torch.testing.assert_close(grad, their_grads[name], rtol=1e-10, atol=1e-12, msg=name)
