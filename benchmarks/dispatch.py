@@ -9,7 +9,7 @@ the two alternating round by round (one interleaved run, so both see the same ma
 - tiny: the same training step with the preset's width cut to h=3 (head 6), batch 1, where
   nothing but dispatch costs time: best of `--repeats` steps, ms.
 - full: the preset as built, training steps (forward + backward + RMSProp) at its batch size,
-  images/s (best of `--repeats` steps after a warm-up step).
+  images/s (best of `--repeats` steps after two warm-up steps).
 - equal: float64 logits and gradients of the preset (2 images of 7x6, learned initial state),
   the "after" model loading the "before" model's state_dict strictly: largest differences.
 - compile: the first training step of the torch.compile'd preset (batch 1), seconds, and the
@@ -104,15 +104,15 @@ def time_steps(preset: str, tiny: bool, repeats: int) -> float:
     model = _model(preset, tiny)
     pixels = _pixels(model.config, 1 if tiny else FULL_BATCH[preset], _size(preset))
     optimizer = None if tiny else torch.optim.RMSprop(model.parameters(), lr=1e-4)
-    best = float("inf")
-    for _ in range(repeats + 1):  # the first is a warm-up
+    best, warmup = float("inf"), 2  # warm-up: lazy initialisation, buffer pools, the heap
+    for step in range(repeats + warmup):
         start = time.perf_counter()
         loss = bits_per_dim(model(pixels), pixels)
         model.zero_grad(set_to_none=True)
         loss.backward()
         if optimizer is not None:
             optimizer.step()
-        best = min(best, time.perf_counter() - start) if _ else best
+        best = min(best, time.perf_counter() - start) if step >= warmup else best
     return best
 
 

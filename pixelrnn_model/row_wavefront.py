@@ -88,13 +88,15 @@ class RowWavefront(torch.autograd.Function):
             cs[:, 0] = c0[:, None, None]
             acts = workspace.take((L, H, B, W, G), state, x)
             tanh_cs = workspace.take((L, H, B, W, hid), state, x)
-            taps_x = x.new_empty((L, M, kx * C2), dtype=dtype)
-            taps_h = x.new_empty((L, M, k * hid), dtype=dtype)
+            # Every position's taps, kept for the weights' gradients: (L, H, B, W, taps * ch).
+            taps_x = workspace.take((L, H, B, W, kx * C2), dtype, x)
+            taps_h = workspace.take((L, H, B, W, k * hid), dtype, x)
             pre, h_new = x.new_empty((L, M, G), dtype=dtype), x.new_empty((L, M, hid), dtype=dtype)
             out = x.new_empty((L, M, C2), dtype=dtype)
             for l0, m, i0 in _steps(L, H):
                 layers = slice(l0, l0 + m)
-                tx, th, p, hn, o = taps_x[:m], taps_h[:m], pre[:m], h_new[:m], out[:m]
+                p, hn, o = pre[:m], h_new[:m], out[:m]
+                tx, th = anti_diagonal(taps_x, l0, i0, m), anti_diagonal(taps_h, l0, i0, m)
                 tx.view(m, B, W, kx, C2).copy_(anti_diagonal(xs, l0, i0, m, 0, W, kx))
                 th.view(m, B, W, k, hid).copy_(anti_diagonal(hs, l0, i0, m, 0, W, k))
                 torch.baddbmm(b_in[layers, None], tx, w_in[layers], out=p)
@@ -122,8 +124,8 @@ class RowWavefront(torch.autograd.Function):
                 w_read, b_read = w_read.to(dtype), b_read.to(dtype)
                 y = _read(xs, w_read, b_read, x_left, W)
         if not recorded:
-            workspace.give(xs, hs, cs, acts, tanh_cs)
-        ctx.save_for_backward(xs, hs, cs, acts, tanh_cs, w_in, w_ss, w_out, w_read)
+            workspace.give(xs, hs, cs, acts, tanh_cs, taps_x, taps_h)
+        ctx.save_for_backward(xs, hs, cs, acts, tanh_cs, taps_x, taps_h, w_in, w_ss, w_out, w_read)
         ctx.geometry, ctx.residual = geometry, residual
         ctx.learned = h0.requires_grad, c0.requires_grad
         return y
@@ -131,7 +133,7 @@ class RowWavefront(torch.autograd.Function):
     @staticmethod
     @differentiable_once
     def backward(ctx, grad_y: Tensor):
-        xs, hs, cs, acts, tanh_cs, w_in, w_ss, w_out, w_read = ctx.saved_tensors
+        xs, hs, cs, acts, tanh_cs, taps_x, taps_h, w_in, w_ss, w_out, w_read = ctx.saved_tensors
         L, H, B, W, G = acts.shape
         hid, C2, dtype, state = G // 4, xs.shape[-1], xs.dtype, acts.dtype
         kx, x_left, _, h_left = ctx.geometry
@@ -171,22 +173,17 @@ class RowWavefront(torch.autograd.Function):
         gate_sums = grad_gates.view(L, H * M, G)  # the weights' sums run in the state dtype
         grad_stream = _gathered(gxs[1:, :, :, x_left : x_left + W], state)  # (L, H, B, W, C2)
 
-        def tap_products(buffer: Tensor, rows: slice, taps: int) -> Tensor:
-            """Each tap's input times the gates' gradient, summed over positions:
-            (L, taps*ch, 4h)."""
-            per_tap = []
-            for q in range(taps):
-                inputs = _gathered(buffer[:, rows, :, q : q + W], state)
-                per_tap.append(inputs.view(L, H * M, -1).transpose(1, 2) @ gate_sums)
-                workspace.give(inputs)
-            return torch.cat(per_tap, 1)
+        def tap_products(taps: Tensor) -> Tensor:
+            """Every position's taps (L, H, B, W, taps*ch) times the gates' gradient, summed over
+            positions: (L, taps*ch, 4h)."""
+            return taps.view(L, H * M, -1).to(state).transpose(1, 2) @ gate_sums
 
         states = _gathered(hs[:, 1:, :, h_left : h_left + W], state)
         grads = (
             gxs[0, :, :, x_left : x_left + W].permute(1, 3, 0, 2).clone(),  # (B, C2, H, W)
-            tap_products(xs[:L], slice(0, H), kx),
+            tap_products(taps_x),
             gate_sums.sum(1),
-            tap_products(hs, slice(0, H), k),
+            tap_products(taps_h),
             states.view(L, H * M, hid).transpose(1, 2) @ grad_stream.view(L, H * M, C2),
             grad_stream.view(L, H * M, C2).sum(1),
             ghs[:, 0, :, h_left : h_left + W].sum((1, 2)) if ctx.learned[0] else None,
