@@ -12,6 +12,7 @@ stay in float32 (`state_dtype`).
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +30,23 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     return x.dtype
 
 
+class GateViews(NamedTuple):
+    """Views of a (..., 4h) tensor of gates [o, f, i, g]: the three sigmoid gates together and
+    the content (tanh) gate, then each gate."""
+
+    sigmoids: Tensor
+    content: Tensor
+    output: Tensor
+    forget: Tensor
+    input: Tensor
+
+
+def gate_views(gates: Tensor, hidden: int) -> GateViews:
+    """`GateViews` of gates (..., 4h)."""
+    output, forget, input_gate, _ = gates.split(hidden, -1)
+    return GateViews(gates[..., : 3 * hidden], gates[..., 3 * hidden :], output, forget, input_gate)
+
+
 def cell(pre: Tensor, c_prev: Tensor, activations: Tensor, c: Tensor, tanh_c: Tensor, h: Tensor):
     """The LSTM cell into buffers, for any matching shapes (..., 4h) and (..., h).
 
@@ -37,21 +55,16 @@ def cell(pre: Tensor, c_prev: Tensor, activations: Tensor, c: Tensor, tanh_c: Te
     h = sigmoid(o) * tanh(c).
     """
     hidden = c.shape[-1]
-    pre_parts = pre[..., : 3 * hidden], pre[..., 3 * hidden :]
-    activation_parts = activations[..., : 3 * hidden], activations[..., 3 * hidden :]
-    gates = activations.split(hidden, -1)
-    _cell(pre_parts, activation_parts, gates, c_prev, c, tanh_c, h)
+    cell_into(gate_views(pre, hidden), gate_views(activations, hidden), c_prev, c, tanh_c, h)
 
 
-def _cell(pre_parts, activation_parts, gates, c_prev, c, tanh_c, h) -> None:
-    """`cell` on views made by the caller: pre and activations cut into (sigmoid part, tanh
-    part), and the activations' four gates."""
-    torch.sigmoid(pre_parts[0], out=activation_parts[0])
-    torch.tanh(pre_parts[1], out=activation_parts[1])
-    output_gate, forget_gate, input_gate, content = gates
-    torch.mul(forget_gate, c_prev, out=c).addcmul_(input_gate, content)  # f * c_prev + i * g
+def cell_into(pre: GateViews, activations: GateViews, c_prev, c, tanh_c, h) -> None:
+    """`cell` on gate views made by the caller (made once for buffers a scan reuses)."""
+    torch.sigmoid(pre.sigmoids, out=activations.sigmoids)
+    torch.tanh(pre.content, out=activations.content)
+    torch.mul(activations.forget, c_prev, out=c).addcmul_(activations.input, activations.content)
     torch.tanh(c, out=tanh_c)
-    torch.mul(output_gate, tanh_c, out=h)
+    torch.mul(activations.output, tanh_c, out=h)
 
 
 class CellBuffers:
@@ -65,15 +78,13 @@ class CellBuffers:
     def __init__(self, n: int, hidden: int, like: Tensor, pre: Tensor | None = None):
         state = state_dtype(like.dtype)
         self.pre = like.new_empty(n, 4 * hidden) if pre is None else pre
-        activations = like.new_empty(n, 4 * hidden, dtype=state)
         self.tanh_c = like.new_empty(n, hidden, dtype=state)
-        self.pre_parts = self.pre[:, : 3 * hidden], self.pre[:, 3 * hidden :]
-        self.activation_parts = activations[:, : 3 * hidden], activations[:, 3 * hidden :]
-        self.gates = activations.split(hidden, -1)
+        self.pre_views = gate_views(self.pre, hidden)
+        self.activations = gate_views(like.new_empty(n, 4 * hidden, dtype=state), hidden)
 
     def __call__(self, c_prev: Tensor, c: Tensor, h: Tensor) -> None:
         """The cell of `pre` and c_prev (n, h), into c and h (n, h)."""
-        _cell(self.pre_parts, self.activation_parts, self.gates, c_prev, c, self.tanh_c, h)
+        cell_into(self.pre_views, self.activations, c_prev, c, self.tanh_c, h)
 
 
 def cell_backward(
@@ -84,17 +95,24 @@ def cell_backward(
     `grad_pre` (..., 4h) and returns the total dL/dc (..., h); dL/dc_prev is that times the
     forget gate (the caller multiplies, into wherever c_prev's gradient lives)."""
     hidden = c_prev.shape[-1]
-    output_gate, _, input_gate, content = activations.split(hidden, -1)
-    grad_o, grad_f, grad_i, grad_g = grad_pre.split(hidden, -1)
+    grads, acts = gate_views(grad_pre, hidden), gate_views(activations, hidden)
+    return cell_backward_from(grads, acts, grad_h, grad_c, c_prev, tanh_c)
+
+
+def cell_backward_from(
+    grad_pre: GateViews, activations: GateViews, grad_h: Tensor, grad_c: Tensor, c_prev: Tensor,
+    tanh_c: Tensor,
+) -> Tensor:  # fmt: skip
+    """`cell_backward` on gate views made by the caller."""
     # dL/dc = dL/dc (next step) + dL/dh * o * (1 - tanh(c)^2)
-    grad_cell = _tanh_backward(grad_h * output_gate, tanh_c).add_(grad_c)
-    torch.mul(grad_h, tanh_c, out=grad_o)
-    torch.mul(grad_cell, c_prev, out=grad_f)
-    torch.mul(grad_cell, content, out=grad_i)
-    sigmoids = grad_pre[..., : 3 * hidden]
-    _sigmoid_backward(sigmoids, activations[..., : 3 * hidden], grad_input=sigmoids)
-    torch.mul(grad_cell, input_gate, out=grad_g)
-    _tanh_backward(grad_g, content, grad_input=grad_g)
+    grad_cell = _tanh_backward(grad_h * activations.output, tanh_c).add_(grad_c)
+    torch.mul(grad_h, tanh_c, out=grad_pre.output)
+    torch.mul(grad_cell, c_prev, out=grad_pre.forget)
+    torch.mul(grad_cell, activations.content, out=grad_pre.input)
+    sigmoids = grad_pre.sigmoids
+    _sigmoid_backward(sigmoids, activations.sigmoids, grad_input=sigmoids)
+    torch.mul(grad_cell, activations.input, out=grad_pre.content)
+    _tanh_backward(grad_pre.content, activations.content, grad_input=grad_pre.content)
     return grad_cell
 
 

@@ -22,10 +22,12 @@ def nll_nats(logits: Tensor, pixels: Tensor) -> Tensor:
         float32 (B,) nats per image.
     """
     levels = logits.shape[1]
-    # Levels last: the network's logits hold them innermost in memory, so this is a view and
-    # the softmax runs over contiguous rows (over dim 1 of the 5-D view it runs strided).
-    rows = logits.float().movedim(1, -1).reshape(-1, levels)  # (B*C*H*W, levels)
-    per_subpixel = F.cross_entropy(rows, pixels.reshape(-1), reduction="none")
+    # One row per sub-pixel, ordered (B, H, W, C): the network's logits hold them in that order
+    # with the levels innermost (its channels-last head), so this is a view and the softmax
+    # runs over contiguous rows; the per-image sums do not depend on the order.
+    rows = logits.float().permute(0, 3, 4, 2, 1).reshape(-1, levels)  # (B*H*W*C, levels)
+    targets = pixels.permute(0, 2, 3, 1).reshape(-1)
+    per_subpixel = F.cross_entropy(rows, targets, reduction="none")
     return per_subpixel.view(pixels.shape[0], -1).sum(1)
 
 

@@ -92,15 +92,16 @@ class PixelRNN(nn.Module):
         """The skip connections' sum over layers (B, 2h, H, W), channels-last, from the first
         conv's output x. A Row LSTM's wavefront computes it from its own stream buffer."""
         if self.config.layer == "row_lstm":
-            weight, bias = self.skip_matrix()
-            read = (weight.view(weight.shape[0], len(self.skips), -1).permute(1, 2, 0), bias)
+            weight, bias = self.skip_weights()
+            read = (weight.transpose(1, 2), bias)  # (L, 2h, 2h): stream channel x output
             features = row_lstm_stack(x, list(self.layers), self.config.residual, read)
             return features.permute(0, 3, 1, 2)
         return self.skip_sum(self.streams(x))
 
-    def skip_matrix(self) -> tuple[Tensor, Tensor]:
-        """Every layer's 1x1 skip conv side by side, (2h, L*2h), and their summed bias (2h)."""
-        weight = torch.cat([skip.live_weight()[:, :, 0, 0] for skip in self.skips], 1)
+    def skip_weights(self) -> tuple[Tensor, Tensor]:
+        """Every layer's masked 1x1 skip conv, (L, 2h out, 2h in), and their summed bias (2h)."""
+        weight = torch.stack([skip.weight for skip in self.skips])[..., 0, 0]
+        weight = weight * self.skips[0].mask[:, :, 0, 0]
         biases = torch.stack([skip.bias for skip in self.skips])  # (L, 2h)
         # Summed by a product, not .sum(0): its backward expands one gradient to every layer, and
         # autograd would hand each bias a view of the same memory (in-place clipping of one
@@ -111,5 +112,6 @@ class PixelRNN(nn.Module):
         """The sum of every layer's 1x1 skip conv of its stream, as one product over the
         streams (B, H, W, L, 2h) seen as (B, H, W, L*2h): @ (L*2h, 2h) -> (B, 2h, H, W),
         channels-last."""
-        weight, bias = self.skip_matrix()
-        return F.linear(streams.flatten(3), weight, bias).permute(0, 3, 1, 2)
+        weight, bias = self.skip_weights()
+        matrix = weight.permute(1, 0, 2).reshape(weight.shape[1], -1)  # (2h, L*2h)
+        return F.linear(streams.flatten(3), matrix, bias).permute(0, 3, 1, 2)

@@ -108,26 +108,36 @@ def row_lstm_stack(
     )
     if rows.stop - rows.start != 1:
         raise ValueError("a Row LSTM's input-to-state kernel must have one live row")
-    weights = [[] for _ in range(7)]
-    for layer in layers:
-        w_in = layer.input_to_state.live_weight()[:, :, 0]  # (4h, 2h, kx)
-        h0, c0 = layer.scan.initial_vectors(x)  # each (1, h)
-        for store, value in zip(
-            weights,
-            (
-                w_in.permute(2, 1, 0).reshape(-1, w_in.shape[0]),  # (kx*2h, 4h)
-                layer.input_to_state.bias,
-                layer.scan.state_to_state_matrix()[0],  # (k*h, 4h)
-                layer.output.live_weight()[:, :, 0, 0].t(),  # (h, 2h)
-                layer.output.bias,
-                h0[0],
-                c0[0],
-            ),
-            strict=True,
-        ):
-            store.append(value)
-    stacked = [torch.stack(values) for values in weights]
+    stacked = _stacked_weights(layers, x)
     inputs = (x, *stacked, *(read or ()))
     recorded = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
     with workspace.saved_to_pool():
         return RowWavefront.apply(x, *stacked, geometry, residual, recorded, *(read or ()))
+
+
+def _stacked_weights(layers: Sequence[RowLSTM], like: Tensor) -> list[Tensor]:
+    """The wavefront's weights of every layer, stacked (a few ops for the whole stack, not a
+    few per layer): w_in (L, kx*2h, 4h) rows (tap, channel); b_in (L, 4h); w_ss (L, k*h, 4h);
+    w_out (L, h, 2h); b_out (L, 2h); h0, c0 (L, h). The layers share one shape and masks."""
+    first = layers[0]
+    (rows, cols), mask_in = first.input_to_state.live, first.input_to_state.mask
+    w_in = torch.stack([layer.input_to_state.weight for layer in layers])[..., rows, cols]
+    w_in = (w_in * mask_in[:, :, rows, cols])[:, :, :, 0]  # (L, 4h, 2h, kx)
+    w_ss = torch.cat([layer.scan.state_to_state for layer in layers])  # (L, 4h, h, k)
+    w_out = torch.stack([layer.output.weight for layer in layers])[..., 0, 0]  # (L, 2h, h)
+    w_out = w_out * first.output.mask[:, :, 0, 0]
+    L, gates = len(layers), w_in.shape[1]
+    if first.scan.initial_hidden is not None:
+        h0 = torch.cat([layer.scan.initial_hidden for layer in layers])
+        c0 = torch.cat([layer.scan.initial_cell for layer in layers])
+    else:
+        h0 = c0 = like.new_zeros(L, first.scan.hidden, dtype=state_dtype(like.dtype))
+    return [
+        w_in.permute(0, 3, 2, 1).reshape(L, -1, gates),
+        torch.stack([layer.input_to_state.bias for layer in layers]),
+        w_ss.permute(0, 3, 2, 1).reshape(L, -1, gates),
+        w_out.transpose(1, 2),
+        torch.stack([layer.output.bias for layer in layers]),
+        h0,
+        c0,
+    ]

@@ -14,16 +14,20 @@ every step; the weights' gradients are then a few large products over all rows.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
 from pixelrnn_model import workspace
 from pixelrnn_model.conv_lstm import (
+    GateViews,
     add_product,
-    cell,
-    cell_backward,
+    cell_backward_from,
+    cell_into,
     compute_dtype,
     differentiable_once,
+    gate_views,
     state_dtype,
 )
 
@@ -79,43 +83,73 @@ class RowWavefront(torch.autograd.Function):
         state, M = state_dtype(dtype), B * W
         ctx.dtypes = [t.dtype for t in (x, w_in, b_in, w_ss, w_out, b_out, h0, c0)]
         with torch.autocast(x.device.type, enabled=False):
-            w_in, b_in, w_ss, w_out, b_out = (t.to(dtype) for t in (w_in, b_in, w_ss, w_out, b_out))
+            # The weights in pooled buffers, so their per-step slices are made once.
+            w_in, b_in, w_ss, w_out, b_out = (
+                _pooled_copy(t, dtype, x) for t in (w_in, b_in, w_ss, w_out, b_out)
+            )
             xs = _padded((L + 1, H, B, W, C2), x_left, x_right, dtype, x)
             xs[0, :, :, x_left : x_left + W] = x.permute(2, 0, 3, 1)
             hs = _padded((L, H + 1, B, W, hid), h_left, k - 1 - h_left, dtype, x)  # row 0: above
             hs[:, 0, :, h_left : h_left + W] = h0[:, None, None].to(dtype)
-            cs = workspace.take((L, H + 1, B, W, hid), state, x)
+            cs = workspace.take((L, H + 1, B, W, hid), state, x, small=True)
             cs[:, 0] = c0[:, None, None]
-            acts = workspace.take((L, H, B, W, G), state, x)
-            tanh_cs = workspace.take((L, H, B, W, hid), state, x)
+            acts = workspace.take((L, H, B, W, G), state, x, small=True)
+            tanh_cs = workspace.take((L, H, B, W, hid), state, x, small=True)
             # Every position's taps, kept for the weights' gradients: (L, H, B, W, taps * ch).
-            taps_x = workspace.take((L, H, B, W, kx * C2), dtype, x)
-            taps_h = workspace.take((L, H, B, W, k * hid), dtype, x)
-            pre, h_new = x.new_empty((L, M, G), dtype=dtype), x.new_empty((L, M, hid), dtype=dtype)
-            out = x.new_empty((L, M, C2), dtype=dtype)
-            for l0, m, i0 in _steps(L, H):
-                layers = slice(l0, l0 + m)
-                p, hn, o = pre[:m], h_new[:m], out[:m]
-                tx, th = anti_diagonal(taps_x, l0, i0, m), anti_diagonal(taps_h, l0, i0, m)
-                tx.view(m, B, W, kx, C2).copy_(anti_diagonal(xs, l0, i0, m, 0, W, kx))
-                th.view(m, B, W, k, hid).copy_(anti_diagonal(hs, l0, i0, m, 0, W, k))
-                torch.baddbmm(b_in[layers, None], tx, w_in[layers], out=p)
-                a = anti_diagonal(acts, l0, i0, m)  # (m, M, 4h)
-                if dtype != state:  # the state-to-state product is added in the state dtype
+            taps_x = workspace.take((L, H, B, W, kx * C2), dtype, x, small=True)
+            taps_h = workspace.take((L, H, B, W, k * hid), dtype, x, small=True)
+            pre = workspace.take((L, M, G), dtype, x, small=True)
+            h_new = workspace.take((L, M, hid), dtype, x, small=True)
+            out = workspace.take((L, M, C2), dtype, x, small=True)
+            steps = _Steps(L, H)
+            separate = dtype == state  # else the gates are summed in `acts` (the state dtype)
+            per_step = zip(
+                steps.diagonals(taps_x, shape=(B, W, kx, C2)),
+                steps.diagonals(xs, width=W, taps=kx),
+                steps.diagonals(taps_h, shape=(B, W, k, hid)),
+                steps.diagonals(hs, width=W, taps=k),
+                steps.leading(pre),
+                steps.diagonals(taps_x),
+                steps.layers(w_in),
+                steps.layers(b_in, unsqueeze=True),
+                steps.diagonals(acts),
+                steps.diagonals(taps_h),
+                steps.layers(w_ss),
+                steps.gates(pre, diagonal=False) if separate else [None] * len(steps),
+                steps.gates(acts),
+                steps.diagonals(cs),
+                steps.diagonals(cs, row=1),
+                steps.diagonals(tanh_cs),
+                steps.leading(h_new),
+                steps.diagonals(hs, row=1, col=h_left, width=W),
+                steps.leading(h_new, shape=(B, W, hid)),
+                steps.leading(out),
+                steps.layers(w_out),
+                steps.layers(b_out, unsqueeze=True),
+                steps.diagonals(xs, col=x_left, width=W),
+                steps.leading(out, shape=(B, W, C2)),
+                steps.diagonals(xs, layer=1, col=x_left, width=W),  # layer l's output row
+                strict=True,
+            )
+            for (
+                tx5, x_taps, th5, h_taps, p, tx, wi, bi, a, th, wss, pre_gates, act_gates, c_prev,
+                c, tanh_c,
+                hn, h_row, hn4, o, wo, bo, stream_in, o4, stream,
+            ) in per_step:  # fmt: skip
+                tx5.copy_(x_taps)
+                th5.copy_(h_taps)
+                torch.baddbmm(bi, tx, wi, out=p)
+                if not separate:  # the state-to-state product is added in the state dtype
                     a.copy_(p)
-                    p = a
-                add_product(p, th, w_ss[layers])
-                c_prev, c = anti_diagonal(cs, l0, i0, m), anti_diagonal(cs, l0, i0 + 1, m)
-                cell(p, c_prev, a, c, anti_diagonal(tanh_cs, l0, i0, m), hn)
-                anti_diagonal(hs, l0, i0 + 1, m, h_left, W).copy_(hn.view(m, B, W, hid))
-                torch.baddbmm(b_out[layers, None], hn, w_out[layers], out=o)
-                stream = anti_diagonal(xs, l0 + 1, i0, m, x_left, W)  # layer l's output row
+                    p, pre_gates = a, act_gates
+                add_product(p, th, wss)
+                cell_into(pre_gates, act_gates, c_prev, c, tanh_c, hn)
+                h_row.copy_(hn4)
+                torch.baddbmm(bo, hn, wo, out=o)
                 if residual:
-                    torch.add(
-                        anti_diagonal(xs, l0, i0, m, x_left, W), o.view_as(stream), out=stream
-                    )
+                    torch.add(stream_in, o4, out=stream)
                 else:
-                    stream.copy_(o.view_as(stream))
+                    stream.copy_(o4)
             if w_read is None:
                 y = torch.empty((B, H, W, L, C2), dtype=dtype, device=x.device)
                 y.copy_(xs[1:, :, :, x_left : x_left + W].permute(2, 1, 3, 0, 4))
@@ -123,8 +157,9 @@ class RowWavefront(torch.autograd.Function):
                 ctx.read_dtypes = w_read.dtype, b_read.dtype
                 w_read, b_read = w_read.to(dtype), b_read.to(dtype)
                 y = _read(xs, w_read, b_read, x_left, W)
+        workspace.give(b_in, b_out, pre, h_new, out)
         if not recorded:
-            workspace.give(xs, hs, cs, acts, tanh_cs, taps_x, taps_h)
+            workspace.give(xs, hs, cs, acts, tanh_cs, taps_x, taps_h, w_in, w_ss, w_out)
         ctx.save_for_backward(xs, hs, cs, acts, tanh_cs, taps_x, taps_h, w_in, w_ss, w_out, w_read)
         ctx.geometry, ctx.residual = geometry, residual
         ctx.learned = h0.requires_grad, c0.requires_grad
@@ -138,38 +173,66 @@ class RowWavefront(torch.autograd.Function):
         hid, C2, dtype, state = G // 4, xs.shape[-1], xs.dtype, acts.dtype
         kx, x_left, _, h_left = ctx.geometry
         k, M = w_ss.shape[1] // hid, B * W
-        gxs = workspace.take(xs.shape, state, xs)  # dL/d(the residual stream)
+        gxs = workspace.take(xs.shape, state, xs, small=True)  # dL/d(the residual stream)
         gxs[0].zero_()
         if w_read is None:
             gxs[1:].zero_()
             gxs[1:, :, :, x_left : x_left + W] = grad_y.permute(3, 1, 0, 2, 4)
         else:
             read_grads = _read_backward(grad_y, xs, w_read, gxs, x_left)
-        ghs = workspace.take(hs.shape, state, hs).zero_()
-        gcs = workspace.take(cs.shape, state, cs).zero_()
-        g_out, g_h = xs.new_empty((L, M, C2)), cs.new_empty((L, M, hid))
-        grad_gates = workspace.take(acts.shape, state, acts)  # dL/d(pre-activations)
-        w_in_t, w_ss_t, w_out_t = (w.transpose(1, 2) for w in (w_in, w_ss, w_out))
-        for l0, m, i0 in reversed(list(_steps(L, H))):
-            layers = slice(l0, l0 + m)
-            g_stream = anti_diagonal(gxs, l0 + 1, i0, m, x_left, W)  # complete: later steps ran
+        ghs = workspace.take(hs.shape, state, hs, small=True).zero_()
+        gcs = workspace.take(cs.shape, state, cs, small=True).zero_()
+        g_out = workspace.take((L, M, C2), dtype, xs, small=True)
+        g_h = workspace.take((L, M, hid), state, xs, small=True)
+        g_taps_x = workspace.take((L, M, kx * C2), dtype, xs, small=True)
+        g_taps_h = workspace.take((L, M, k * hid), dtype, xs, small=True)
+        grad_gates = workspace.take(acts.shape, state, acts, small=True)  # dL/d(pre-activations)
+        steps = _Steps(L, H)
+        per_step = zip(
+            steps.diagonals(gxs, layer=1, col=x_left, width=W),  # complete: later steps ran
+            steps.diagonals(gxs, col=x_left, width=W),
+            steps.leading(g_out),
+            steps.leading(g_out, shape=(B, W, C2)),
+            steps.leading(g_h),
+            steps.leading(g_h, shape=(B, W, hid)),
+            steps.diagonals(ghs, row=1, col=h_left, width=W),
+            steps.layers(w_out, transpose=True),
+            steps.gates(grad_gates),
+            steps.gates(acts),
+            steps.diagonals(cs),
+            steps.diagonals(gcs, row=1),
+            steps.diagonals(tanh_cs),
+            steps.diagonals(gcs),
+            steps.diagonals(grad_gates),
+            steps.leading(g_taps_x),
+            steps.layers(w_in, transpose=True),
+            zip(*(steps.diagonals(gxs, col=q, width=W) for q in range(kx)), strict=True),
+            zip(*steps.tap_views(g_taps_x, (B, W, kx, C2)), strict=True),
+            steps.leading(g_taps_h),
+            steps.layers(w_ss, transpose=True),
+            zip(*(steps.diagonals(ghs, col=q, width=W) for q in range(k)), strict=True),
+            zip(*steps.tap_views(g_taps_h, (B, W, k, hid)), strict=True),
+            strict=True,
+        )
+        for (
+            g_stream, g_stream_in, go, go4, gh, gh4, g_h_row, wo_t, grad_gate_views, act_gates,
+            c_prev, grad_c, tanh_c,
+            grad_c_prev, gp, gtx, wi_t, gx_taps, gtx_taps, gth, wss_t, gh_taps, gth_taps,
+        ) in reversed(list(per_step)):  # fmt: skip
             if ctx.residual:
-                anti_diagonal(gxs, l0, i0, m, x_left, W).add_(g_stream)
-            go, gh, gp = g_out[:m], g_h[:m], anti_diagonal(grad_gates, l0, i0, m)
-            go.view(m, B, W, C2).copy_(g_stream)
-            gh.view(m, B, W, hid).copy_(anti_diagonal(ghs, l0, i0 + 1, m, h_left, W))
-            add_product(gh, go, w_out_t[layers])
-            a = anti_diagonal(acts, l0, i0, m)
-            c_prev, grad_c = anti_diagonal(cs, l0, i0, m), anti_diagonal(gcs, l0, i0 + 1, m)
-            grad_cell = cell_backward(gh, grad_c, a, c_prev, anti_diagonal(tanh_cs, l0, i0, m), gp)
-            torch.mul(grad_cell, a[..., hid : 2 * hid], out=anti_diagonal(gcs, l0, i0, m))
+                g_stream_in.add_(g_stream)
+            go4.copy_(g_stream)
+            gh4.copy_(g_h_row)
+            add_product(gh, go, wo_t)
+            grad_cell = cell_backward_from(grad_gate_views, act_gates, gh, grad_c, c_prev, tanh_c)
+            torch.mul(grad_cell, act_gates.forget, out=grad_c_prev)
             gp = gp.to(dtype)
-            grad_taps = torch.bmm(gp, w_in_t[layers]).view(m, B, W, kx, C2)
-            for q in range(kx):
-                anti_diagonal(gxs, l0, i0, m, q, W).add_(grad_taps[..., q, :])
-            grad_taps = torch.bmm(gp, w_ss_t[layers]).view(m, B, W, k, hid)
-            for q in range(k):
-                anti_diagonal(ghs, l0, i0, m, q, W).add_(grad_taps[..., q, :])
+            torch.bmm(gp, wi_t, out=gtx)
+            for target, tap in zip(gx_taps, gtx_taps, strict=True):
+                target.add_(tap)
+            torch.bmm(gp, wss_t, out=gth)
+            for target, tap in zip(gh_taps, gth_taps, strict=True):
+                target.add_(tap)
         gate_sums = grad_gates.view(L, H * M, G)  # the weights' sums run in the state dtype
         grad_stream = _gathered(gxs[1:, :, :, x_left : x_left + W], state)  # (L, H, B, W, C2)
 
@@ -189,12 +252,83 @@ class RowWavefront(torch.autograd.Function):
             ghs[:, 0, :, h_left : h_left + W].sum((1, 2)) if ctx.learned[0] else None,
             gcs[:, 0].sum((1, 2)) if ctx.learned[1] else None,
         )
-        workspace.give(gxs, ghs, gcs, grad_gates, grad_stream, states)
+        workspace.give(gxs, ghs, gcs, grad_gates, grad_stream, states, g_out, g_h)
+        workspace.give(g_taps_x, g_taps_h)
         cast = [None if g is None else g.to(t) for g, t in zip(grads, ctx.dtypes, strict=True)]
         if w_read is None:
             return *cast, None, None, None, None, None
         read = [g.to(t) for g, t in zip(read_grads, ctx.read_dtypes, strict=True)]
         return *cast, None, None, None, *read
+
+
+class _Steps:
+    """Per-step views of the wavefront's pooled buffers for L layers and H rows, made once per
+    buffer and kept with it (`workspace.views`): lists over the steps (l0, m, i0) of `_steps`."""
+
+    def __init__(self, layers: int, rows: int):
+        self.shape = layers, rows
+        self.steps = _step_list(layers, rows)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def _kept(self, buffer: Tensor, key: tuple, make) -> list:
+        """[make(view of buffer, l0, m, i0) for each step], kept with the buffer under key."""
+        return workspace.views(
+            buffer, (self.shape, *key), lambda base: [make(base, *step) for step in self.steps]
+        )
+
+    def diagonals(
+        self, buffer: Tensor, layer: int = 0, row: int = 0, col: int = 0,
+        width: int | None = None, taps: int = 0, shape: tuple[int, ...] | None = None,
+    ) -> list[Tensor]:  # fmt: skip
+        """`anti_diagonal(buffer, l0 + layer, i0 + row, m, col, width, taps)` per step, each
+        viewed as (m, *shape) when `shape` is given."""
+
+        def make(base, l0, m, i0):
+            view = anti_diagonal(base, l0 + layer, i0 + row, m, col, width, taps)
+            return view if shape is None else view.view(m, *shape)
+
+        return self._kept(buffer, ("diagonal", layer, row, col, width, taps, shape), make)
+
+    def leading(self, buffer: Tensor, shape: tuple[int, ...] | None = None) -> list[Tensor]:
+        """buffer[:m] per step (the active layers' rows of an (L, ...) buffer), each viewed as
+        (m, *shape) when `shape` is given."""
+
+        def make(base, l0, m, i0):
+            return base[:m] if shape is None else base[:m].view(m, *shape)
+
+        return self._kept(buffer, ("leading", shape), make)
+
+    def layers(self, buffer: Tensor, unsqueeze: bool = False, transpose: bool = False):
+        """The active layers' weights per step: buffer[l0 : l0 + m], with a unit dimension
+        after the first (a bias) or its last two dimensions swapped."""
+
+        def make(base, l0, m, i0):
+            view = base[l0 : l0 + m]
+            return view[:, None] if unsqueeze else view.transpose(1, 2) if transpose else view
+
+        return self._kept(buffer, ("layers", unsqueeze, transpose), make)
+
+    def tap_views(self, buffer: Tensor, shape: tuple[int, ...]) -> list[list[Tensor]]:
+        """For each tap q: buffer[:m] viewed as (m, *shape) (taps second last), [..., q, :]."""
+
+        def make(base, l0, m, i0):
+            view = base[:m].view(m, *shape)
+            return [view[..., q, :] for q in range(shape[-2])]
+
+        return list(zip(*self._kept(buffer, ("taps", shape), make), strict=True))
+
+    def gates(self, buffer: Tensor, diagonal: bool = True) -> list[GateViews]:
+        """`GateViews` per step of an (L, H, B, W, 4h) buffer's anti-diagonal, or (`diagonal`
+        False) of an (L, M, 4h) buffer's first m rows."""
+        hidden = buffer.shape[-1] // 4
+
+        def make(base, l0, m, i0):
+            view = anti_diagonal(base, l0, i0, m) if diagonal else base[:m]
+            return gate_views(view, hidden)
+
+        return self._kept(buffer, ("gates", diagonal), make)
 
 
 def _read(xs: Tensor, w_read: Tensor, b_read: Tensor, left: int, width: int) -> Tensor:
@@ -243,7 +377,7 @@ def _padded(shape, left: int, right: int, dtype: torch.dtype, like: Tensor) -> T
     """A pooled (..., W + left + right, ch) buffer for `shape` (..., W, ch), its `left` and
     `right` columns zero (the rest is written by the caller)."""
     *outer, width, channels = shape
-    buffer = workspace.take((*outer, width + left + right, channels), dtype, like)
+    buffer = workspace.take((*outer, width + left + right, channels), dtype, like, small=True)
     buffer[..., :left, :] = 0
     buffer[..., left + width :, :] = 0
     return buffer
@@ -254,6 +388,18 @@ def _gathered(view: Tensor, dtype: torch.dtype) -> Tensor:
     copy = workspace.take(tuple(view.shape), dtype, view)
     copy.copy_(view)
     return copy
+
+
+def _pooled_copy(tensor: Tensor, dtype: torch.dtype, like: Tensor) -> Tensor:
+    """A pooled copy of `tensor` in `dtype` (give it back when done)."""
+    copy = workspace.take(tuple(tensor.shape), dtype, like, small=True)
+    copy.copy_(tensor)
+    return copy
+
+
+@functools.cache
+def _step_list(layers: int, rows: int) -> tuple[tuple[int, int, int], ...]:
+    return tuple(_steps(layers, rows))
 
 
 def _steps(layers: int, rows: int):

@@ -9,6 +9,8 @@ their large buffers from this pool:
 - `take(shape, dtype, like)`: an uninitialised buffer, a free one of that shape if there is one.
 - `give(*buffers)`: back to the pool; the caller guarantees nothing else refers to them (the
   backward's own buffers, at its end).
+- `views(buffer, key, build)`: views of a pooled buffer made once and kept with it (the
+  wavefront's per-step views: at small sizes, making them was a large part of a step).
 - `saved_to_pool()`: around a scan's `Function.apply`, so the buffers it saves for backward go
   back when autograd releases them (after the backward, or when the graph is freed; never while
   `retain_graph` keeps them). A buffer lent and never given back (no graph was recorded, an
@@ -26,12 +28,15 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
 MIN_BYTES = 1 << 20
+T = TypeVar("T")
 
 _lock = threading.RLock()  # reentrant: a buffer's release can run inside take (garbage collection)
 _free: OrderedDict[int, Tensor] = OrderedDict()  # data_ptr -> buffer, longest-free first
@@ -48,10 +53,11 @@ def _lent_bytes() -> int:
     return sum(t.nbytes for t in (ref() for ref in _lent.values()) if t is not None)
 
 
-def take(shape: tuple[int, ...], dtype: torch.dtype, like: Tensor) -> Tensor:
-    """An uninitialised contiguous buffer of `shape` and `dtype` on `like`'s device."""
+def take(shape: tuple[int, ...], dtype: torch.dtype, like: Tensor, small: bool = False) -> Tensor:
+    """An uninitialised contiguous buffer of `shape` and `dtype` on `like`'s device; `small`:
+    pooled under `MIN_BYTES` too (a buffer whose `views` the caller wants kept)."""
     nbytes = torch.Size(shape).numel() * dtype.itemsize
-    if like.device.type != "cpu" or nbytes < MIN_BYTES:
+    if like.device.type != "cpu" or (nbytes < MIN_BYTES and not small):
         return torch.empty(shape, dtype=dtype, device=like.device)
     with _lock:
         found = next((p for p, t in _free.items() if t.shape == shape and t.dtype == dtype), None)
@@ -80,6 +86,29 @@ def give(*buffers: Tensor) -> None:
         while _stats["free_bytes"] > 2 * _stats["peak_lent_bytes"] and _free:
             _, dropped = _free.popitem(last=False)
             _stats["free_bytes"] -= dropped.nbytes
+
+
+def views(buffer: Tensor, key: Hashable, build: Callable[[Tensor], T]) -> T:
+    """`build(buffer)`, made once per pooled buffer and `key` and kept with the buffer (a scan's
+    per-step views: a call that gets the same buffer again skips making them); made anew for a
+    buffer that is not pooled.
+
+    `build` gets a tensor on the buffer's memory that is not an autograd view of it, so the
+    views kept on the buffer do not refer back to it (it is freed as soon as it is dropped).
+    """
+    ref = _lent.get(buffer.data_ptr())
+    if ref is None or ref() is not buffer:
+        return build(buffer)
+    kept = buffer.__dict__.get("_pool_views")
+    if kept is None:
+        alias = buffer.new_empty(0).set_(
+            buffer.untyped_storage(), buffer.storage_offset(), buffer.shape, buffer.stride()
+        )
+        kept = buffer.__dict__["_pool_views"] = {None: alias}
+    made = kept.get(key)
+    if made is None:
+        made = kept[key] = build(kept[None])
+    return made
 
 
 def clear() -> None:
