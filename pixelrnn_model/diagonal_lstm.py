@@ -20,11 +20,13 @@ from pixelrnn_model import workspace
 from pixelrnn_model.conv_lstm import (
     CellBuffers,
     ConvLSTMScan,
+    GateViews,
     add_product,
-    cell,
-    cell_backward,
+    cell_backward_from,
+    cell_into,
     compute_dtype,
     differentiable_once,
+    gate_views,
     state_dtype,
 )
 from pixelrnn_model.masked_conv import MaskedConv2d
@@ -112,28 +114,39 @@ class DiagonalScan(torch.autograd.Function):
         with torch.autocast(rows.device.type, enabled=False):
             weight = weight.to(dtype)
             w_up, w_left = weight[:, :hid], weight[:, hid:]
-            hs = workspace.take((D, P + 1, B, hid), dtype, rows)
+            hs = workspace.take((D, P + 1, B, hid), dtype, rows, small=True)
             hs[:, :P] = h0[:, None, None]
             hs[:, P] = 0
-            cs = workspace.take((D, P, B, hid), state, rows)
+            cs = workspace.take((D, P, B, hid), state, rows, small=True)
             cs[:] = c0[:, None, None]
-            acts = workspace.take((D, P, B, G), state, rows)
+            acts = workspace.take((D, P, B, G), state, rows, small=True)
             gates = rows.to(state)
             for d in range(D):
                 acts[d].index_copy_(0, geo.slot_of[d], gates[..., d * G : (d + 1) * G])
-            tanh_cs = workspace.take((D, P, B, hid), state, rows)
-            for n, out, up, left in geo.steps:
-                a = _run(acts, out, n)  # (D, n*B, 4h)
-                add_product(a, _run(hs, up, n), w_up)
-                add_product(a, _run(hs, left, n), w_left)
-                c_prev, c, tanh_c = _run(cs, left, n), _run(cs, out, n), _run(tanh_cs, out, n)
-                cell(a, c_prev, a, c, tanh_c, _run(hs, out, n))
+            tanh_cs = workspace.take((D, P, B, hid), state, rows, small=True)
+            steps = _DiagonalSteps(height, width)
+            per_step = zip(
+                steps.runs(acts, "out"),
+                steps.gates(acts),
+                steps.runs(hs, "up"),
+                steps.runs(hs, "left"),
+                steps.runs(cs, "left"),
+                steps.runs(cs, "out"),
+                steps.runs(tanh_cs, "out"),
+                steps.runs(hs, "out"),
+                strict=True,
+            )
+            for a, a_gates, h_up, h_left, c_prev, c, tanh_c, h in per_step:
+                add_product(a, h_up, w_up)  # a: (D, n*B, 4h)
+                add_product(a, h_left, w_left)
+                cell_into(a_gates, a_gates, c_prev, c, tanh_c, h)
             combined = hs[0].index_select(0, geo.slot_of[0])
             combined += hs[1].index_select(0, geo.above_right)
         if not recorded:
             workspace.give(hs, cs, acts, tanh_cs)
         ctx.save_for_backward(hs, cs, acts, tanh_cs, weight)
-        ctx.geo, ctx.learned = geo, (h0.requires_grad, c0.requires_grad)
+        ctx.geo, ctx.size = geo, (height, width)
+        ctx.learned = h0.requires_grad, c0.requires_grad
         return combined
 
     @staticmethod
@@ -142,20 +155,43 @@ class DiagonalScan(torch.autograd.Function):
         hs, cs, acts, tanh_cs, weight = ctx.saved_tensors
         geo, (D, hid), dtype = ctx.geo, (hs.shape[0], hs.shape[3]), hs.dtype
         G = 4 * hid
-        ghs = workspace.take(hs.shape, cs.dtype, hs).zero_()
+        ghs = workspace.take(hs.shape, cs.dtype, hs, small=True).zero_()
         ghs[0].index_copy_(0, geo.slot_of[0], grad_out.to(cs.dtype))
         ghs[1].index_add_(0, geo.above_right, grad_out.to(cs.dtype))
-        gcs = workspace.take(cs.shape, cs.dtype, cs).zero_()
-        grad_gates = workspace.take(acts.shape, acts.dtype, acts).zero_()
+        gcs = workspace.take(cs.shape, cs.dtype, cs, small=True).zero_()
+        grad_gates = workspace.take(acts.shape, acts.dtype, acts, small=True).zero_()
         w_up_t, w_left_t = weight[:, :hid].transpose(1, 2), weight[:, hid:].transpose(1, 2)
-        for n, out, up, left in reversed(geo.steps):
-            gp, a = _run(grad_gates, out, n), _run(acts, out, n)  # (D, n*B, 4h)
-            grad_c, tanh_c, c_prev = _run(gcs, out, n), _run(tanh_cs, out, n), _run(cs, left, n)
-            grad_cell = cell_backward(_run(ghs, out, n), grad_c, a, c_prev, tanh_c, gp)
-            _run(gcs, left, n).addcmul_(grad_cell, a[..., hid : 2 * hid])
+        steps = _DiagonalSteps(*ctx.size)
+        per_step = zip(
+            steps.gates(grad_gates),
+            steps.runs(grad_gates, "out"),
+            steps.gates(acts),
+            steps.runs(ghs, "out"),
+            steps.runs(gcs, "out"),
+            steps.runs(cs, "left"),
+            steps.runs(tanh_cs, "out"),
+            steps.runs(gcs, "left"),
+            steps.runs(ghs, "up"),
+            steps.runs(ghs, "left"),
+            strict=True,
+        )
+        for (
+            gp_gates,
+            gp,
+            a_gates,
+            grad_h,
+            grad_c,
+            c_prev,
+            tanh_c,
+            grad_c_prev,
+            g_up,
+            g_left,
+        ) in reversed(list(per_step)):
+            grad_cell = cell_backward_from(gp_gates, a_gates, grad_h, grad_c, c_prev, tanh_c)
+            grad_c_prev.addcmul_(grad_cell, a_gates.forget)
             gp = gp.to(dtype)
-            add_product(_run(ghs, up, n), gp, w_up_t)
-            add_product(_run(ghs, left, n), gp, w_left_t)
+            add_product(g_up, gp, w_up_t)
+            add_product(g_left, gp, w_left_t)
         grad_rows = torch.cat([grad_gates[d].index_select(0, geo.slot_of[d]) for d in range(D)], -1)
         image = len(geo.image)
         grads_at_image = workspace.take((D, image, *acts.shape[2:]), acts.dtype, acts)
@@ -182,6 +218,33 @@ def _run(buffer: Tensor, start: int, n: int) -> Tensor:
     D, _, B, channels = buffer.shape
     offset = buffer.storage_offset() + start * B * channels
     return buffer.as_strided((D, n * B, channels), (buffer.stride(0), channels, 1), offset)
+
+
+class _DiagonalSteps:
+    """Per-diagonal views of `DiagonalScan`'s pooled buffers for an H x W image, made once per
+    buffer and kept with it (`workspace.views`): lists over the diagonals of `DiagonalSlots`."""
+
+    def __init__(self, height: int, width: int):
+        self.size = height, width
+        self.steps = diagonal_slots(height, width, torch.device("cpu")).steps
+
+    def runs(self, buffer: Tensor, which: str) -> list[Tensor]:
+        """`_run(buffer, start, n)` per diagonal, start its "out", "up" or "left" slot."""
+        column = ("out", "up", "left").index(which) + 1
+
+        def build(base: Tensor) -> list[Tensor]:
+            return [_run(base, step[column], step[0]) for step in self.steps]
+
+        return workspace.views(buffer, ("diagonal runs", self.size, which), build)
+
+    def gates(self, buffer: Tensor) -> list[GateViews]:
+        """`GateViews` of each diagonal's "out" run of a (D, slots, B, 4h) buffer."""
+        hidden = buffer.shape[-1] // 4
+
+        def build(base: Tensor) -> list[GateViews]:
+            return [gate_views(_run(base, step[1], step[0]), hidden) for step in self.steps]
+
+        return workspace.views(buffer, ("diagonal gates", self.size), build)
 
 
 class DiagonalBiLSTM(nn.Module):
