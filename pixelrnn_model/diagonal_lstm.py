@@ -95,18 +95,21 @@ def diagonal_slots(height: int, width: int, device: torch.device) -> DiagonalSlo
 class DiagonalScan(torch.autograd.Function):
     """Both directions of a Diagonal BiLSTM layer's scan as one autograd node.
 
-    Forward: rows (H*W, B, 8h) the input-to-state gates in raster order, [o, f, i, g] left to
-    right then right to left; weight (2, 2h, 4h) state-to-state, rows (tap, channel) with taps
-    (r-1, j), (r, j-1); h0, c0 (2, h); the image's height and width; recorded: whether autograd
-    records this call (else the buffers go back to the pool at once). Returns (H*W, B, h): the
-    left-to-right state at (r, j) plus the right-to-left state at (r-1, j) (zero on row 0).
+    Forward: rows (B, H*W, 8h) the input-to-state gates in raster order, [o, f, i, g] left to
+    right then right to left (any strides: a view of the channels-last conv output); weight
+    (2, 2h, 4h) state-to-state, rows (tap, channel) with taps (r-1, j), (r, j-1); h0, c0 (2, h);
+    the image's height and width; recorded: whether autograd records this call (else the
+    buffers go back to the pool at once). Returns (B, H*W, h), contiguous (channels-last as
+    (B, h, H, W)): the left-to-right state at (r, j) plus the right-to-left state at (r-1, j)
+    (zero on row 0). The gradient of rows is contiguous (B, H*W, 8h) too: the conversions
+    between the slot layout and the images' are the gathers themselves, not extra copies.
 
     The large buffers come from `workspace` (call `apply` inside `workspace.saved_to_pool()`).
     """
 
     @staticmethod
     def forward(ctx, rows, weight, h0, c0, height, width, recorded):
-        B, hid = rows.shape[1], weight.shape[1] // 2
+        B, hid = rows.shape[0], weight.shape[1] // 2
         G, D, dtype = 4 * hid, 2, compute_dtype(rows)
         state, geo = state_dtype(dtype), diagonal_slots(height, width, rows.device)
         P = geo.slots
@@ -120,7 +123,7 @@ class DiagonalScan(torch.autograd.Function):
             cs = workspace.take((D, P, B, hid), state, rows, small=True)
             cs[:] = c0[:, None, None]
             acts = workspace.take((D, P, B, G), state, rows, small=True)
-            gates = rows.to(state)
+            gates = rows.to(state).transpose(0, 1)  # (H*W, B, 8h)
             for d in range(D):
                 acts[d].index_copy_(0, geo.slot_of[d], gates[..., d * G : (d + 1) * G])
             tanh_cs = workspace.take((D, P, B, hid), state, rows, small=True)
@@ -140,8 +143,8 @@ class DiagonalScan(torch.autograd.Function):
                 add_product(a, h_up, w_up)  # a: (D, n*B, 4h)
                 add_product(a, h_left, w_left)
                 cell_into(a_gates, a_gates, c_prev, c, tanh_c, h)
-            combined = hs[0].index_select(0, geo.slot_of[0])
-            combined += hs[1].index_select(0, geo.above_right)
+            combined = hs[0].transpose(0, 1).index_select(1, geo.slot_of[0])  # (B, H*W, h)
+            combined += hs[1].transpose(0, 1).index_select(1, geo.above_right)
         if not recorded:
             workspace.give(hs, cs, acts, tanh_cs)
         ctx.save_for_backward(hs, cs, acts, tanh_cs, weight)
@@ -156,8 +159,9 @@ class DiagonalScan(torch.autograd.Function):
         geo, (D, hid), dtype = ctx.geo, (hs.shape[0], hs.shape[3]), hs.dtype
         G = 4 * hid
         ghs = workspace.take(hs.shape, cs.dtype, hs, small=True).zero_()
-        ghs[0].index_copy_(0, geo.slot_of[0], grad_out.to(cs.dtype))
-        ghs[1].index_add_(0, geo.above_right, grad_out.to(cs.dtype))
+        grad_out = grad_out.to(cs.dtype).transpose(0, 1)  # (H*W, B, h)
+        ghs[0].index_copy_(0, geo.slot_of[0], grad_out)
+        ghs[1].index_add_(0, geo.above_right, grad_out)
         gcs = workspace.take(cs.shape, cs.dtype, cs, small=True).zero_()
         grad_gates = workspace.take(acts.shape, acts.dtype, acts, small=True).zero_()
         w_up_t, w_left_t = weight[:, :hid].transpose(1, 2), weight[:, hid:].transpose(1, 2)
@@ -192,8 +196,12 @@ class DiagonalScan(torch.autograd.Function):
             gp = gp.to(dtype)
             add_product(g_up, gp, w_up_t)
             add_product(g_left, gp, w_left_t)
-        grad_rows = torch.cat([grad_gates[d].index_select(0, geo.slot_of[d]) for d in range(D)], -1)
-        image = len(geo.image)
+        B, image = acts.shape[2], len(geo.image)
+        grad_rows = acts.new_empty(B, image, D, G)  # (B, H*W, 8h) in the state dtype
+        for d in range(D):
+            torch.index_select(
+                grad_gates[d].transpose(0, 1), 1, geo.slot_of[d], out=grad_rows[:, :, d]
+            )
         grads_at_image = workspace.take((D, image, *acts.shape[2:]), acts.dtype, acts)
         torch.index_select(grad_gates, 1, geo.image, out=grads_at_image)  # state dtype
         per_tap = []
@@ -208,7 +216,7 @@ class DiagonalScan(torch.autograd.Function):
         grad_h0 = ghs.index_select(1, geo.pads).sum((1, 2)) if ctx.learned[0] else None
         grad_c0 = gcs.index_select(1, geo.pads).sum((1, 2)) if ctx.learned[1] else None
         workspace.give(ghs, gcs, grad_gates, grads_at_image)
-        grads = grad_rows, grad_weight, grad_h0, grad_c0
+        grads = grad_rows.view(B, image, D * G), grad_weight, grad_h0, grad_c0
         cast = [None if g is None else g.to(t) for g, t in zip(grads, ctx.dtypes, strict=True)]
         return *cast, None, None, None
 
@@ -271,13 +279,13 @@ class DiagonalBiLSTM(nn.Module):
         """(B, 2h, H, W) -> (B, 2h, H, W), channels-last."""
         B, _, H, W = x.shape
         gates = self.input_to_state(x)  # (B, 8h, H, W)
-        rows = gates.permute(2, 3, 0, 1).reshape(H * W, B, -1)  # (H*W, B, 8h), a channels-last view
+        rows = gates.permute(0, 2, 3, 1).reshape(B, H * W, -1)  # (B, H*W, 8h), a channels-last view
         h0, c0 = self.scan.initial_vectors(gates)  # each (2, h)
         weight = self.scan.state_to_state_matrix()  # (2, 2h, 4h)
         recorded = torch.is_grad_enabled() and any(t.requires_grad for t in (rows, weight, h0, c0))
         with workspace.saved_to_pool():
-            combined = DiagonalScan.apply(rows, weight, h0, c0, H, W, recorded)  # (H*W, B, h)
-        combined = combined.view(H, W, B, -1).permute(2, 3, 0, 1)  # (B, h, H, W)
+            combined = DiagonalScan.apply(rows, weight, h0, c0, H, W, recorded)  # (B, H*W, h)
+        combined = combined.view(B, H, W, -1).permute(0, 3, 1, 2)  # (B, h, H, W), channels-last
         return self.output(combined.to(x.dtype, memory_format=torch.channels_last))
 
     def start_sampling(self, n: int, height: int, width: int, like: Tensor) -> dict:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelrnn_model.config import ModelConfig
+from pixelrnn_model.conv_lstm import state_dtype
 from pixelrnn_model.diagonal_lstm import DiagonalBiLSTM
 from pixelrnn_model.masked_conv import MaskedConv2d
 from pixelrnn_model.pixelcnn import PixelCNNBlock
@@ -63,7 +64,9 @@ class PixelRNN(nn.Module):
         sub-pixel given the ones before it."""
         B, C, H, W = pixels.shape
         features = self.features(pixels).contiguous(memory_format=self.memory_format)
-        x = self.input_conv(features)  # (B, 2h, H, W)
+        # (B, 2h, H, W); with one colour the input is both layouts at once and the conv answers
+        # in the standard one: made channels-last here, so no layer has to convert it
+        x = self.input_conv(features).contiguous(memory_format=self.memory_format)
         if self.config.skip:
             features = self.skip_features(x)
         else:
@@ -96,7 +99,26 @@ class PixelRNN(nn.Module):
             read = (weight.transpose(1, 2), bias)  # (L, 2h, 2h): stream channel x output
             features = row_lstm_stack(x, list(self.layers), self.config.residual, read)
             return features.permute(0, 3, 1, 2)
-        return self.skip_sum(self.streams(x))
+        return self.skip_sum_by_layer(x)
+
+    def skip_sum_by_layer(self, x: Tensor) -> Tensor:
+        """`skip_sum` of `layer_by_layer`'s streams, each layer's skip product added to the sum
+        as soon as its stream exists (no (B, H, W, L, 2h) stack of the streams is made): from the
+        first conv's output x (B, 2h, H, W) to (B, 2h, H, W), channels-last, summed in float32 or
+        wider."""
+        B, width, H, W = x.shape
+        weight, bias = self.skip_weights()
+        total = None
+        for layer, skip_weight in zip(self.layers, weight, strict=True):
+            out = layer(x)
+            x = x + out if self.config.residual else out
+            stream = x.permute(0, 2, 3, 1).reshape(-1, width)  # (B*H*W, 2h): a channels-last view
+            if total is None:
+                total = F.linear(stream, skip_weight, bias)
+                total = total.to(state_dtype(total.dtype))
+            else:
+                total = total.add_(F.linear(stream, skip_weight))
+        return total.view(B, H, W, width).permute(0, 3, 1, 2)
 
     def skip_weights(self) -> tuple[Tensor, Tensor]:
         """Every layer's masked 1x1 skip conv, (L, 2h out, 2h in), and their summed bias (2h)."""
