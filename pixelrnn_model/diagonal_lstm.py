@@ -46,7 +46,8 @@ class DiagonalSlots:
         slot_of: int64 (2, H*W): for each raster position r*W + j, its slot left to right, and
             right to left (the mirrored image's diagonals: the slot of (r, W-1-j)).
         above_right: int64 (H*W,): the right-to-left slot of (r-1, j); row 0: the zero slot.
-        image, up, left: int64 (H*W,): every in-image slot, and the slots of its two taps.
+        taps: int64 (2, P): for every slot, the slot of its up tap (r-1, j) and of its left tap
+            (r, j-1); a pad's taps: the zero slot.
         pads: int64: the pad slots.
     """
 
@@ -54,16 +55,14 @@ class DiagonalSlots:
     steps: tuple[tuple[int, int, int, int], ...]
     slot_of: Tensor
     above_right: Tensor
-    image: Tensor
-    up: Tensor
-    left: Tensor
+    taps: Tensor
     pads: Tensor
 
 
 @lru_cache(maxsize=64)
 def diagonal_slots(height: int, width: int, device: torch.device) -> DiagonalSlots:
     """The slot layout of an H x W image (cached: every layer of every pass uses it)."""
-    steps, slot_of, up, left = [], [0] * (height * width), [], []
+    steps, slot_of, up, left = [], [0] * (height * width), {}, {}
     offset, previous_lo, previous_n = 1, 0, 0  # diagonal -1: empty, its pad at slot 1
     pads = [0, 1]
     for s in range(height + width - 1):
@@ -73,59 +72,87 @@ def diagonal_slots(height: int, width: int, device: torch.device) -> DiagonalSlo
         steps.append((n, start, up_start, left_start))
         for r in range(lo, hi + 1):
             slot_of[r * width + s - r] = start + r - lo
-        up.extend(range(up_start, up_start + n))
-        left.extend(range(left_start, left_start + n))
+        up.update((start + a, up_start + a) for a in range(n))
+        left.update((start + a, left_start + a) for a in range(n))
         pads.append(start + n)
         offset, previous_lo, previous_n = start, lo, n
     slots = pads[-1] + 1
     left_to_right = torch.tensor(slot_of)
     mirrored = left_to_right.view(height, width).flip(1).reshape(-1)
     above_right = torch.cat([torch.full((width,), slots), mirrored[:-width]])
-    image = torch.tensor(sorted(slot_of))
+    taps = [[tap.get(slot, slots) for slot in range(slots)] for tap in (up, left)]
 
     def to(values) -> Tensor:
         return torch.as_tensor(values, dtype=torch.int64).to(device)
 
     return DiagonalSlots(
         slots, tuple(steps), to(torch.stack([left_to_right, mirrored])), to(above_right),
-        to(image), to(up), to(left), to(pads),
+        to(taps), to(pads),
     )  # fmt: skip
 
 
-class DiagonalScan(torch.autograd.Function):
-    """Both directions of a Diagonal BiLSTM layer's scan as one autograd node.
+@lru_cache(maxsize=64)
+def batch_rows(height: int, width: int, batch: int, device: torch.device) -> Tensor:
+    """int64 (3, B*H*W): for image b's position p (row b*H*W + p of a (B, H*W, ch) map), its
+    row s*B + b of a (slots, B, ch) buffer, with s `slot_of[0]`, `slot_of[1]` or `above_right`
+    of `diagonal_slots`: gathers and scatters between the two layouts as one indexed op each."""
+    geo = diagonal_slots(height, width, device)
+    slots = torch.cat([geo.slot_of, geo.above_right[None]])  # (3, H*W)
+    images = torch.arange(batch, device=device)[:, None]
+    return (slots[:, None, :] * batch + images).reshape(3, -1)
 
-    Forward: rows (B, H*W, 8h) the input-to-state gates in raster order, [o, f, i, g] left to
-    right then right to left (any strides: a view of the channels-last conv output); weight
-    (2, 2h, 4h) state-to-state, rows (tap, channel) with taps (r-1, j), (r, j-1); h0, c0 (2, h);
-    the image's height and width; recorded: whether autograd records this call (else the
-    buffers go back to the pool at once). Returns (B, H*W, h), contiguous (channels-last as
-    (B, h, H, W)): the left-to-right state at (r, j) plus the right-to-left state at (r-1, j)
-    (zero on row 0). The gradient of rows is contiguous (B, H*W, 8h) too: the conversions
-    between the slot layout and the images' are the gathers themselves, not extra copies.
+
+class DiagonalScan(torch.autograd.Function):
+    """A Diagonal BiLSTM layer's input-to-state product and both directions' scans as one
+    autograd node.
+
+    Forward: rows (B, H*W, 2h) the layer input in raster order (any strides: a view of the
+    channels-last map); w_in (8h, 2h), b_in (8h) the masked 1x1 input-to-state conv, gates
+    [o, f, i, g] left to right then right to left; weight (2, 2h, 4h) state-to-state, rows
+    (tap, channel) with taps (r-1, j), (r, j-1); h0, c0 (2, h); the image's height and width;
+    recorded: whether autograd records this call (else the buffers go back to the pool at once).
+    Returns (B, H*W, h), contiguous (channels-last as (B, h, H, W)): the left-to-right state at
+    (r, j) plus the right-to-left state at (r-1, j) (zero on row 0).
+
+    The input is gathered into the slot layout once (`operands`, (2, slots, B, 2h + 2h + 1):
+    each slot's two tap states, its input, a one); the input product writes the gates there
+    directly, and the backward's one product of `operands` with the gates' gradients gives the
+    gradients of weight, w_in and b_in together.
 
     The large buffers come from `workspace` (call `apply` inside `workspace.saved_to_pool()`).
     """
 
     @staticmethod
-    def forward(ctx, rows, weight, h0, c0, height, width, recorded):
-        B, hid = rows.shape[0], weight.shape[1] // 2
+    def forward(ctx, rows, w_in, b_in, weight, h0, c0, height, width, recorded):
+        B, C2, hid = rows.shape[0], rows.shape[2], weight.shape[1] // 2
         G, D, dtype = 4 * hid, 2, compute_dtype(rows)
         state, geo = state_dtype(dtype), diagonal_slots(height, width, rows.device)
-        P = geo.slots
-        ctx.dtypes = rows.dtype, weight.dtype, h0.dtype, c0.dtype
+        P, K = geo.slots, 2 * hid + C2 + 1
+        ctx.dtypes = [t.dtype for t in (rows, w_in, b_in, weight, h0, c0)]
         with torch.autocast(rows.device.type, enabled=False):
             weight = weight.to(dtype)
             w_up, w_left = weight[:, :hid], weight[:, hid:]
+            w_in = w_in.to(dtype).view(D, G, C2).transpose(1, 2)  # (D, 2h, 4h)
+            operands = workspace.take((D, P, B, K), state, rows, small=True)
+            inputs = operands[..., 2 * hid : 2 * hid + C2]  # (D, P, B, 2h)
+            index = batch_rows(height, width, B, rows.device)
+            flat_rows = rows.reshape(-1, C2).to(state)  # (B*H*W, 2h)
+            for d in range(D):
+                inputs[d].view(P * B, C2).index_copy_(0, index[d], flat_rows)
+            inputs.index_fill_(1, geo.pads, 0)
+            operands[..., -1] = 1
+            acts = workspace.take((D, P, B, G), state, rows, small=True)
+            flat_acts, flat_inputs = acts.view(D, P * B, G), inputs.view(D, P * B, C2)
+            bias = b_in.to(state).view(D, 1, G)
+            if dtype == state:
+                torch.baddbmm(bias, flat_inputs, w_in, out=flat_acts)
+            else:  # the product in the compute dtype, summed into the state dtype
+                torch.add(bias, torch.bmm(flat_inputs.to(dtype), w_in), out=flat_acts)
             hs = workspace.take((D, P + 1, B, hid), dtype, rows, small=True)
             hs[:, :P] = h0[:, None, None]
             hs[:, P] = 0
             cs = workspace.take((D, P, B, hid), state, rows, small=True)
             cs[:] = c0[:, None, None]
-            acts = workspace.take((D, P, B, G), state, rows, small=True)
-            gates = rows.to(state).transpose(0, 1)  # (H*W, B, 8h)
-            for d in range(D):
-                acts[d].index_copy_(0, geo.slot_of[d], gates[..., d * G : (d + 1) * G])
             tanh_cs = workspace.take((D, P, B, hid), state, rows, small=True)
             steps = _DiagonalSteps(height, width)
             per_step = zip(
@@ -143,27 +170,31 @@ class DiagonalScan(torch.autograd.Function):
                 add_product(a, h_up, w_up)  # a: (D, n*B, 4h)
                 add_product(a, h_left, w_left)
                 cell_into(a_gates, a_gates, c_prev, c, tanh_c, h)
-            combined = hs[0].transpose(0, 1).index_select(1, geo.slot_of[0])  # (B, H*W, h)
-            combined += hs[1].transpose(0, 1).index_select(1, geo.above_right)
+            flat_hs = hs.view(D, -1, hid)
+            combined = flat_hs[0].index_select(0, index[0])  # (B*H*W, h)
+            combined += flat_hs[1].index_select(0, index[2])
         if not recorded:
-            workspace.give(hs, cs, acts, tanh_cs)
-        ctx.save_for_backward(hs, cs, acts, tanh_cs, weight)
+            workspace.give(hs, cs, acts, tanh_cs, operands)
+        ctx.save_for_backward(hs, cs, acts, tanh_cs, operands, weight, w_in)
         ctx.geo, ctx.size = geo, (height, width)
         ctx.learned = h0.requires_grad, c0.requires_grad
-        return combined
+        return combined.view(B, height * width, hid)
 
     @staticmethod
     @differentiable_once
     def backward(ctx, grad_out: Tensor):
-        hs, cs, acts, tanh_cs, weight = ctx.saved_tensors
-        geo, (D, hid), dtype = ctx.geo, (hs.shape[0], hs.shape[3]), hs.dtype
-        G = 4 * hid
-        ghs = workspace.take(hs.shape, cs.dtype, hs, small=True).zero_()
-        grad_out = grad_out.to(cs.dtype).transpose(0, 1)  # (H*W, B, h)
-        ghs[0].index_copy_(0, geo.slot_of[0], grad_out)
-        ghs[1].index_add_(0, geo.above_right, grad_out)
-        gcs = workspace.take(cs.shape, cs.dtype, cs, small=True).zero_()
-        grad_gates = workspace.take(acts.shape, acts.dtype, acts, small=True).zero_()
+        hs, cs, acts, tanh_cs, operands, weight, w_in = ctx.saved_tensors
+        (D, P, B, G), dtype, state = acts.shape, hs.dtype, acts.dtype
+        geo, hid, C2 = ctx.geo, G // 4, w_in.shape[1]
+        ghs = workspace.take(hs.shape, state, hs, small=True).zero_()
+        index = batch_rows(*ctx.size, B, hs.device)
+        grad_out = grad_out.reshape(-1, hid).to(state)  # (B*H*W, h)
+        flat_ghs = ghs.view(D, -1, hid)
+        flat_ghs[0].index_copy_(0, index[0], grad_out)
+        flat_ghs[1].index_add_(0, index[2], grad_out)
+        gcs = workspace.take(cs.shape, state, cs, small=True).zero_()
+        # Every in-image slot's gradient is written by its step: only the pads need zeros.
+        grad_gates = workspace.take(acts.shape, state, acts, small=True).index_fill_(1, geo.pads, 0)
         w_up_t, w_left_t = weight[:, :hid].transpose(1, 2), weight[:, hid:].transpose(1, 2)
         steps = _DiagonalSteps(*ctx.size)
         per_step = zip(
@@ -196,27 +227,27 @@ class DiagonalScan(torch.autograd.Function):
             gp = gp.to(dtype)
             add_product(g_up, gp, w_up_t)
             add_product(g_left, gp, w_left_t)
-        B, image = acts.shape[2], len(geo.image)
-        grad_rows = acts.new_empty(B, image, D, G)  # (B, H*W, 8h) in the state dtype
-        for d in range(D):
-            torch.index_select(
-                grad_gates[d].transpose(0, 1), 1, geo.slot_of[d], out=grad_rows[:, :, d]
-            )
-        grads_at_image = workspace.take((D, image, *acts.shape[2:]), acts.dtype, acts)
-        torch.index_select(grad_gates, 1, geo.image, out=grads_at_image)  # state dtype
-        per_tap = []
-        for taps in (geo.up, geo.left):
-            states = workspace.take((D, image, *hs.shape[2:]), hs.dtype, hs)
-            torch.index_select(hs, 1, taps, out=states)
-            per_tap.append(
-                states.view(D, -1, hid).to(cs.dtype).transpose(1, 2) @ grads_at_image.view(D, -1, G)
-            )
-            workspace.give(states)
-        grad_weight = torch.cat(per_tap, 1)
+        for tap in range(2):  # every slot's tap states beside its input (a pad's: zeros)
+            operands[..., tap * hid : (tap + 1) * hid] = hs.index_select(1, geo.taps[tap])
+        flat_grads = grad_gates.view(D, P * B, G)
+        sums = operands.view(D, P * B, -1).transpose(1, 2) @ flat_grads  # (D, K, 4h)
+        grad_inputs = workspace.take((D, P, B, C2), state, acts)
+        torch.bmm(flat_grads, w_in.to(state).transpose(1, 2), out=grad_inputs.view(D, P * B, C2))
+        flat_inputs = grad_inputs.view(D, P * B, C2)
+        grad_rows = flat_inputs[0].index_select(0, index[0])  # (B*H*W, 2h)
+        grad_rows += flat_inputs[1].index_select(0, index[1])
+        grad_w_in = sums[:, 2 * hid : 2 * hid + C2].transpose(1, 2).reshape(D * G, C2)
         grad_h0 = ghs.index_select(1, geo.pads).sum((1, 2)) if ctx.learned[0] else None
         grad_c0 = gcs.index_select(1, geo.pads).sum((1, 2)) if ctx.learned[1] else None
-        workspace.give(ghs, gcs, grad_gates, grads_at_image)
-        grads = grad_rows.view(B, image, D * G), grad_weight, grad_h0, grad_c0
+        workspace.give(ghs, gcs, grad_gates, grad_inputs)
+        grads = (
+            grad_rows.view(B, -1, C2),
+            grad_w_in,
+            sums[:, -1].reshape(D * G),
+            sums[:, : 2 * hid],
+            grad_h0,
+            grad_c0,
+        )
         cast = [None if g is None else g.to(t) for g, t in zip(grads, ctx.dtypes, strict=True)]
         return *cast, None, None, None
 
@@ -278,13 +309,14 @@ class DiagonalBiLSTM(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(B, 2h, H, W) -> (B, 2h, H, W), channels-last."""
         B, _, H, W = x.shape
-        gates = self.input_to_state(x)  # (B, 8h, H, W)
-        rows = gates.permute(0, 2, 3, 1).reshape(B, H * W, -1)  # (B, H*W, 8h), a channels-last view
-        h0, c0 = self.scan.initial_vectors(gates)  # each (2, h)
+        rows = x.permute(0, 2, 3, 1).reshape(B, H * W, -1)  # (B, H*W, 2h): channels-last, a view
+        w_in, b_in = self.input_to_state.live_weight()[:, :, 0, 0], self.input_to_state.bias
+        h0, c0 = self.scan.initial_vectors(rows)  # each (2, h)
         weight = self.scan.state_to_state_matrix()  # (2, 2h, 4h)
-        recorded = torch.is_grad_enabled() and any(t.requires_grad for t in (rows, weight, h0, c0))
+        inputs = rows, w_in, b_in, weight, h0, c0
+        recorded = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
         with workspace.saved_to_pool():
-            combined = DiagonalScan.apply(rows, weight, h0, c0, H, W, recorded)  # (B, H*W, h)
+            combined = DiagonalScan.apply(*inputs, H, W, recorded)  # (B, H*W, h)
         combined = combined.view(B, H, W, -1).permute(0, 3, 1, 2)  # (B, h, H, W), channels-last
         return self.output(combined.to(x.dtype, memory_format=torch.channels_last))
 

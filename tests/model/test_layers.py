@@ -41,9 +41,12 @@ def test_every_diagonal_taps_its_up_and_left_neighbours_or_a_pad(height, width):
             assert r + j == s
             assert position.get(up + a, "pad") == ((r - 1, j) if r else "pad")
             assert position.get(left + a, "pad") == ((r, j - 1) if j else "pad")
-    assert geo.up.tolist() == [up + a for n, _, up, _ in geo.steps for a in range(n)]
-    assert geo.left.tolist() == [left + a for n, _, _, left in geo.steps for a in range(n)]
-    assert geo.image.tolist() == [out + a for n, out, _, _ in geo.steps for a in range(n)]
+    up, left = geo.taps.tolist()
+    for n, out, up_start, left_start in geo.steps:
+        assert up[out : out + n] == list(range(up_start, up_start + n))
+        assert left[out : out + n] == list(range(left_start, left_start + n))
+    for pad in geo.pads.tolist():  # a pad has no taps: the zero slot
+        assert up[pad] == left[pad] == geo.slots
 
 
 def lstm_cell(gates: torch.Tensor, c_prev: torch.Tensor):
