@@ -131,7 +131,6 @@ class DiagonalScan(torch.autograd.Function):
         ctx.dtypes = [t.dtype for t in (rows, w_in, b_in, weight, h0, c0)]
         with torch.autocast(rows.device.type, enabled=False):
             weight = weight.to(dtype)
-            w_up, w_left = weight[:, :hid], weight[:, hid:]
             w_in = w_in.to(dtype).view(D, G, C2).transpose(1, 2)  # (D, 2h, 4h)
             operands = workspace.take((D, P, B, K), state, rows, small=True)
             inputs = operands[..., 2 * hid : 2 * hid + C2]  # (D, P, B, 2h)
@@ -148,9 +147,12 @@ class DiagonalScan(torch.autograd.Function):
                 torch.baddbmm(bias, flat_inputs, w_in, out=flat_acts)
             else:  # the product in the compute dtype, summed into the state dtype
                 torch.add(bias, torch.bmm(flat_inputs.to(dtype), w_in), out=flat_acts)
-            hs = workspace.take((D, P + 1, B, hid), dtype, rows, small=True)
-            hs[:, :P] = h0[:, None, None]
-            hs[:, P] = 0
+            # Slot x holds [h(x), h(x+1)]: a position's up and left taps are the pair of its up
+            # tap's slot, so each step's state-to-state product is one product (rows: pairs).
+            pairs = workspace.take((D, P + 1, B, 2 * hid), dtype, rows, small=True)
+            pairs[:, :P] = h0.repeat(1, 2)[:, None, None]
+            pairs[:, P - 1, :, hid:] = 0  # slot P: the zero slot
+            pairs[:, P] = 0
             cs = workspace.take((D, P, B, hid), state, rows, small=True)
             cs[:] = c0[:, None, None]
             tanh_cs = workspace.take((D, P, B, hid), state, rows, small=True)
@@ -158,24 +160,24 @@ class DiagonalScan(torch.autograd.Function):
             per_step = zip(
                 steps.runs(acts, "out"),
                 steps.gates(acts),
-                steps.runs(hs, "up"),
-                steps.runs(hs, "left"),
+                steps.runs(pairs, "up"),
                 steps.runs(cs, "left"),
                 steps.runs(cs, "out"),
                 steps.runs(tanh_cs, "out"),
-                steps.runs(hs, "out"),
+                steps.runs(pairs, "out", channels=(0, hid)),
+                steps.runs(pairs, "out", shift=-1, channels=(hid, 2 * hid)),
                 strict=True,
             )
-            for a, a_gates, h_up, h_left, c_prev, c, tanh_c, h in per_step:
-                add_product(a, h_up, w_up)  # a: (D, n*B, 4h)
-                add_product(a, h_left, w_left)
+            for a, a_gates, taps, c_prev, c, tanh_c, h, h_again in per_step:
+                add_product(a, taps, weight)  # a: (D, n*B, 4h), taps: (D, n*B, 2h)
                 cell_into(a_gates, a_gates, c_prev, c, tanh_c, h)
-            flat_hs = hs.view(D, -1, hid)
+                h_again.copy_(h)  # as the second of its left neighbour's pair
+            flat_hs = pairs.view(D, -1, 2 * hid)[..., :hid]
             combined = flat_hs[0].index_select(0, index[0])  # (B*H*W, h)
             combined += flat_hs[1].index_select(0, index[2])
         if not recorded:
-            workspace.give(hs, cs, acts, tanh_cs, operands)
-        ctx.save_for_backward(hs, cs, acts, tanh_cs, operands, weight, w_in)
+            workspace.give(pairs, cs, acts, tanh_cs, operands)
+        ctx.save_for_backward(pairs, cs, acts, tanh_cs, operands, weight, w_in)
         ctx.geo, ctx.size = geo, (height, width)
         ctx.learned = h0.requires_grad, c0.requires_grad
         return combined.view(B, height * width, hid)
@@ -183,11 +185,11 @@ class DiagonalScan(torch.autograd.Function):
     @staticmethod
     @differentiable_once
     def backward(ctx, grad_out: Tensor):
-        hs, cs, acts, tanh_cs, operands, weight, w_in = ctx.saved_tensors
-        (D, P, B, G), dtype, state = acts.shape, hs.dtype, acts.dtype
+        pairs, cs, acts, tanh_cs, operands, weight, w_in = ctx.saved_tensors
+        (D, P, B, G), dtype, state = acts.shape, pairs.dtype, acts.dtype
         geo, hid, C2 = ctx.geo, G // 4, w_in.shape[1]
-        ghs = workspace.take(hs.shape, state, hs, small=True).zero_()
-        index = batch_rows(*ctx.size, B, hs.device)
+        ghs = workspace.take((D, P + 1, B, hid), state, acts, small=True).zero_()
+        index = batch_rows(*ctx.size, B, acts.device)
         grad_out = grad_out.reshape(-1, hid).to(state)  # (B*H*W, h)
         flat_ghs = ghs.view(D, -1, hid)
         flat_ghs[0].index_copy_(0, index[0], grad_out)
@@ -195,8 +197,10 @@ class DiagonalScan(torch.autograd.Function):
         gcs = workspace.take(cs.shape, state, cs, small=True).zero_()
         # Every in-image slot's gradient is written by its step: only the pads need zeros.
         grad_gates = workspace.take(acts.shape, state, acts, small=True).index_fill_(1, geo.pads, 0)
-        w_up_t, w_left_t = weight[:, :hid].transpose(1, 2), weight[:, hid:].transpose(1, 2)
+        weight_t = weight.transpose(1, 2)  # (D, 4h, 2h)
         steps = _DiagonalSteps(*ctx.size)
+        longest = max(n for n, *_ in steps.steps)
+        grad_taps = workspace.take((D, longest * B, 2 * hid), dtype, acts, small=True)
         per_step = zip(
             steps.gates(grad_gates),
             steps.runs(grad_gates, "out"),
@@ -208,6 +212,9 @@ class DiagonalScan(torch.autograd.Function):
             steps.runs(gcs, "left"),
             steps.runs(ghs, "up"),
             steps.runs(ghs, "left"),
+            steps.leading(grad_taps, B),
+            steps.leading(grad_taps, B, channels=(0, hid)),
+            steps.leading(grad_taps, B, channels=(hid, 2 * hid)),
             strict=True,
         )
         for (
@@ -221,14 +228,18 @@ class DiagonalScan(torch.autograd.Function):
             grad_c_prev,
             g_up,
             g_left,
+            g_taps,
+            g_taps_up,
+            g_taps_left,
         ) in reversed(list(per_step)):
             grad_cell = cell_backward_from(gp_gates, a_gates, grad_h, grad_c, c_prev, tanh_c)
             grad_c_prev.addcmul_(grad_cell, a_gates.forget)
-            gp = gp.to(dtype)
-            add_product(g_up, gp, w_up_t)
-            add_product(g_left, gp, w_left_t)
-        for tap in range(2):  # every slot's tap states beside its input (a pad's: zeros)
-            operands[..., tap * hid : (tap + 1) * hid] = hs.index_select(1, geo.taps[tap])
+            torch.bmm(gp.to(dtype), weight_t, out=g_taps)
+            g_up.add_(g_taps_up)
+            g_left.add_(g_taps_left)
+        # Every slot's taps (a pair) beside its input; a pad's: the zero slot's.
+        for d in range(D):  # along the leading dimension: a copy of whole (B, 2h) blocks
+            operands[d, ..., : 2 * hid] = pairs[d].index_select(0, geo.taps[0])
         flat_grads = grad_gates.view(D, P * B, G)
         sums = operands.view(D, P * B, -1).transpose(1, 2) @ flat_grads  # (D, K, 4h)
         grad_inputs = workspace.take((D, P, B, C2), state, acts)
@@ -239,7 +250,7 @@ class DiagonalScan(torch.autograd.Function):
         grad_w_in = sums[:, 2 * hid : 2 * hid + C2].transpose(1, 2).reshape(D * G, C2)
         grad_h0 = ghs.index_select(1, geo.pads).sum((1, 2)) if ctx.learned[0] else None
         grad_c0 = gcs.index_select(1, geo.pads).sum((1, 2)) if ctx.learned[1] else None
-        workspace.give(ghs, gcs, grad_gates, grad_inputs)
+        workspace.give(ghs, gcs, grad_gates, grad_inputs, grad_taps)
         grads = (
             grad_rows.view(B, -1, C2),
             grad_w_in,
@@ -259,6 +270,10 @@ def _run(buffer: Tensor, start: int, n: int) -> Tensor:
     return buffer.as_strided((D, n * B, channels), (buffer.stride(0), channels, 1), offset)
 
 
+def _channels(view: Tensor, channels: tuple[int, int] | None) -> Tensor:
+    return view if channels is None else view[..., channels[0] : channels[1]]
+
+
 class _DiagonalSteps:
     """Per-diagonal views of `DiagonalScan`'s pooled buffers for an H x W image, made once per
     buffer and kept with it (`workspace.views`): lists over the diagonals of `DiagonalSlots`."""
@@ -267,14 +282,30 @@ class _DiagonalSteps:
         self.size = height, width
         self.steps = diagonal_slots(height, width, torch.device("cpu")).steps
 
-    def runs(self, buffer: Tensor, which: str) -> list[Tensor]:
-        """`_run(buffer, start, n)` per diagonal, start its "out", "up" or "left" slot."""
+    def runs(
+        self, buffer: Tensor, which: str, shift: int = 0, channels: tuple[int, int] | None = None
+    ) -> list[Tensor]:
+        """`_run(buffer, start + shift, n)` per diagonal, start its "out", "up" or "left" slot;
+        of the channels lo:hi only when `channels` is (lo, hi)."""
         column = ("out", "up", "left").index(which) + 1
 
         def build(base: Tensor) -> list[Tensor]:
-            return [_run(base, step[column], step[0]) for step in self.steps]
+            runs = (_run(base, step[column] + shift, step[0]) for step in self.steps)
+            return [_channels(run, channels) for run in runs]
 
-        return workspace.views(buffer, ("diagonal runs", self.size, which), build)
+        key = ("diagonal runs", self.size, which, shift, channels)
+        return workspace.views(buffer, key, build)
+
+    def leading(
+        self, buffer: Tensor, batch: int, channels: tuple[int, int] | None = None
+    ) -> list[Tensor]:
+        """buffer[:, : n*B] per diagonal of a (D, rows, ch) buffer (of channels lo:hi only
+        when `channels` is (lo, hi))."""
+
+        def build(base: Tensor) -> list[Tensor]:
+            return [_channels(base[:, : n * batch], channels) for n, *_ in self.steps]
+
+        return workspace.views(buffer, ("diagonal leading", self.size, channels), build)
 
     def gates(self, buffer: Tensor) -> list[GateViews]:
         """`GateViews` of each diagonal's "out" run of a (D, slots, B, 4h) buffer."""
