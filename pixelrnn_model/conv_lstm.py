@@ -31,9 +31,10 @@ def compute_dtype(x: Tensor) -> torch.dtype:
 
 
 class GateViews(NamedTuple):
-    """Views of a (..., 4h) tensor of gates [o, f, i, g]: the three sigmoid gates together and
-    the content (tanh) gate, then each gate."""
+    """Views of a (..., 4h) tensor of gates [o, f, i, g]: all four, the three sigmoid gates
+    together and the content (tanh) gate, then each gate."""
 
+    gates: Tensor
     sigmoids: Tensor
     content: Tensor
     output: Tensor
@@ -44,26 +45,38 @@ class GateViews(NamedTuple):
 def gate_views(gates: Tensor, hidden: int) -> GateViews:
     """`GateViews` of gates (..., 4h)."""
     output, forget, input_gate, _ = gates.split(hidden, -1)
-    return GateViews(gates[..., : 3 * hidden], gates[..., 3 * hidden :], output, forget, input_gate)
+    return GateViews(
+        gates, gates[..., : 3 * hidden], gates[..., 3 * hidden :], output, forget, input_gate
+    )
 
 
 def cell(pre: Tensor, c_prev: Tensor, activations: Tensor, c: Tensor, tanh_c: Tensor, h: Tensor):
     """The LSTM cell into buffers, for any matching shapes (..., 4h) and (..., h).
 
-    pre: pre-activations [o, f, i, g] (may be `activations` itself); writes activations =
-    [sigmoid(o), sigmoid(f), sigmoid(i), tanh(g)], c = f * c_prev + i * g, tanh_c = tanh(c) and
-    h = sigmoid(o) * tanh(c).
+    pre: pre-activations [o, f, i, g] (may be `activations` itself), used as scratch: its g
+    is doubled in place. Writes activations = [sigmoid(o), sigmoid(f), sigmoid(i), tanh(g)],
+    c = f * c_prev + i * g, tanh_c = tanh(c) and h = sigmoid(o) * tanh(c).
     """
     hidden = c.shape[-1]
     cell_into(gate_views(pre, hidden), gate_views(activations, hidden), c_prev, c, tanh_c, h)
 
 
 def cell_into(pre: GateViews, activations: GateViews, c_prev, c, tanh_c, h) -> None:
-    """`cell` on gate views made by the caller (made once for buffers a scan reuses)."""
-    torch.sigmoid(pre.sigmoids, out=activations.sigmoids)
-    torch.tanh(pre.content, out=activations.content)
+    """`cell` on gate views made by the caller (made once for buffers a scan reuses).
+
+    tanh(x) is computed as 2 sigmoid(2x) - 1: one sigmoid over all four gates' contiguous rows
+    instead of a sigmoid and a tanh on strided parts of them, and sigmoid's kernel instead of
+    tanh's (on CPU, torch's tanh costs about 5x its sigmoid per element; together the cell's
+    activations ran about 3x faster, benchmarks/RESULTS.md). Doubling is exact; the result's
+    error is absolute, within two units in the last place of 1 (float32: 1.8e-7 measured over
+    [-20, 20], torch's tanh 3e-8), so near x = 0 it is not relatively accurate: the cell adds
+    it to c and scales h with it, where errors of that size are below the products' rounding.
+    """
+    pre.content.mul_(2)
+    torch.sigmoid(pre.gates, out=activations.gates)
+    activations.content.mul_(2).sub_(1)
     torch.mul(activations.forget, c_prev, out=c).addcmul_(activations.input, activations.content)
-    torch.tanh(c, out=tanh_c)
+    torch.mul(c, 2, out=tanh_c).sigmoid_().mul_(2).sub_(1)
     torch.mul(activations.output, tanh_c, out=h)
 
 

@@ -97,7 +97,7 @@ def test_cell_backward_matches_autograd_of_the_plain_cell():
     pre, c_prev = torch.randn(5, 12, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
     grad_h, grad_c = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
     activations, (c, tanh_c, h) = torch.empty_like(pre), (torch.empty_like(c_prev) for _ in "chc")
-    cell(pre, c_prev, activations, c, tanh_c, h)
+    cell(pre.clone(), c_prev, activations, c, tanh_c, h)  # its pre is scratch
     grad_pre = torch.empty_like(pre)
     grad_cell = cell_backward(grad_h, grad_c, activations, c_prev, tanh_c, grad_pre)
     inputs = pre.clone().requires_grad_(), c_prev.clone().requires_grad_()
