@@ -184,41 +184,29 @@ def test_precision_auto_means_bf16_on_gpu_only_and_bf16_needs_native_support():
     assert use_bf16("bf16", cpu) is native_bf16(cpu)
 
 
-def _uneven_rank(rank: int, init_file: str, pixels, state, global_batch: int, results) -> None:
-    """One of 2 gloo DDP ranks: rank 0 trains on 3 of the 5 images, rank 1 on the other 2."""
+def _uneven_rank(rank: int, init_file: str, pixels, state, results) -> None:
+    """One of 2 gloo DDP ranks: rank 0 trains on 3 of the 5 images, rank 1 on the other 2, once
+    weighted by share (global_batch=5) and once not (0); rank 0 sends both gradients."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
-        model = PixelRNN(TINY)
-        model.load_state_dict(state)
-        ddp = DistributedDataParallel(model)
-        cfg = OptimConfig(optimizer="rmsprop", lr=1e-3, grad_clip_norm=0.0)
-        share = pixels[:3] if rank == 0 else pixels[3:]  # (3 | 2, C, H, W)
-        train_step(ddp, share, make_optimizer(ddp.parameters(), cfg), cfg,
-                   global_batch=global_batch)  # fmt: skip
+        grads = {}
+        for global_batch in (5, 0):
+            model = PixelRNN(TINY)
+            model.load_state_dict(state)
+            ddp = DistributedDataParallel(model)
+            cfg = OptimConfig(optimizer="rmsprop", lr=1e-3, grad_clip_norm=0.0)
+            share = pixels[:3] if rank == 0 else pixels[3:]  # (3 | 2, C, H, W)
+            train_step(ddp, share, make_optimizer(ddp.parameters(), cfg), cfg,
+                       global_batch=global_batch)  # fmt: skip
+            grads[global_batch] = {name: p.grad.clone() for name, p in model.named_parameters()}
         if rank == 0:
-            results.put({name: p.grad.clone() for name, p in model.named_parameters()})
+            results.put(grads)
     finally:
         dist.destroy_process_group()
-
-
-def _ddp_gradients(tmp_path, pixels, state, global_batch: int) -> dict:
-    context = torch.multiprocessing.get_context("fork")  # no re-import of torch: fast
-    results = context.Queue()
-    init_file = tmp_path / f"init-{global_batch}"
-    ranks = [context.Process(target=_uneven_rank,
-                             args=(rank, str(init_file), pixels, state, global_batch, results))
-             for rank in range(2)]  # fmt: skip
-    for process in ranks:
-        process.start()
-    grads = results.get(timeout=120)
-    for process in ranks:
-        process.join(timeout=60)
-        assert process.exitcode == 0
-    return grads
 
 
 def test_uneven_shares_weighted_by_size_give_the_global_batch_gradient(model, tmp_path):
@@ -228,8 +216,19 @@ def test_uneven_shares_weighted_by_size_give_the_global_batch_gradient(model, tm
     train_step(model, pixels, make_optimizer(model.parameters(), cfg), cfg)  # one process, all 5
     want = {name: p.grad for name, p in model.named_parameters()}
 
-    weighted = _ddp_gradients(tmp_path, pixels, state, global_batch=5)
+    # spawn, not fork: a forked child cannot run backward once the parent's autograd has threads
+    context = torch.multiprocessing.get_context("spawn")
+    results = context.Queue()
+    ranks = [context.Process(target=_uneven_rank,
+                             args=(rank, str(tmp_path / "init"), pixels, state, results))
+             for rank in range(2)]  # fmt: skip
+    for process in ranks:
+        process.start()
+    grads = results.get(timeout=120)
+    for process in ranks:
+        process.join(timeout=60)
+        assert process.exitcode == 0
     for name, grad in want.items():
-        torch.testing.assert_close(weighted[name], grad, rtol=1e-5, atol=1e-7, msg=name)
-    unweighted = _ddp_gradients(tmp_path, pixels, state, global_batch=0)  # a mean of the means
+        torch.testing.assert_close(grads[5][name], grad, rtol=1e-5, atol=1e-7, msg=name)
+    unweighted = grads[0]  # each rank's mean weighs 1/2: a mean of the means, not the batch's
     assert not all(torch.allclose(unweighted[name], grad, rtol=1e-3) for name, grad in want.items())
