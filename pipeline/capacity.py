@@ -83,14 +83,21 @@ def describe(resources: dict[str, float]) -> str:
     return "{" + ", ".join(f"{name}: {amount:g}" for name, amount in shown.items()) + "}"
 
 
-def check_workers_fit(capacity: Capacity, per_worker: dict[str, float], workers: int) -> None:
+def check_workers_fit(
+    capacity: Capacity, per_worker: dict[str, float], workers: int | list[int]
+) -> None:
     """Refuse a worker group that the cluster, however far it grows, can never hold.
+
+    Args:
+        workers: `scaling.num_workers`: a count, or a range [min, max] of which only the
+            minimum must fit (an elastic run starts with the workers that fit).
 
     Raises:
         ConfigError: naming what each worker asks for and the largest node there is.
     """
     slots = capacity.worker_slots(per_worker)
-    if slots >= workers or not capacity.known:
+    needed = workers[0] if isinstance(workers, list) else workers
+    if slots >= needed or not capacity.known:
         return
     largest = describe(capacity.largest_node(per_worker))
     where = "its autoscaler's node types" if capacity.node_types else "no autoscaler node types"
@@ -99,7 +106,10 @@ def check_workers_fit(capacity: Capacity, per_worker: dict[str, float], workers:
             f"scaling: each training worker asks for {describe(per_worker)}, but no node of this "
             f"cluster ({where}) can ever hold one; the largest node has {largest}"
         )
+    asked = f"{workers} workers"
+    if isinstance(workers, list):
+        asked = f"at least {needed} workers (the minimum of {workers})"
     raise ConfigError(
-        f"scaling.num_workers: {workers} workers asking for {describe(per_worker)} each, but "
+        f"scaling.num_workers: {asked} asking for {describe(per_worker)} each, but "
         f"this cluster ({where}) can hold at most {slots}; the largest node has {largest}"
     )

@@ -3,12 +3,16 @@
 Experiment YAMLs and `--set dotted.key=value` overrides reach it through one merge function
 (`merge`); an unknown key, a wrong type or an impossible value raises `ConfigError` naming the
 key. The model section nests `pixelrnn_model.ModelConfig`, optionally starting from a preset.
+Over 400 lines because each section's fields, their one-line descriptions (the config
+reference reads them from here) and their checks stay together, beside the one merge path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import math
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -96,8 +100,9 @@ class TrainConfig:
     """The training loop and where its checkpoints go."""
 
     epochs: int = 10  # passes over the training split
-    # Images per optimizer step over all workers (the global batch); each worker trains on its
-    # 1/scaling.num_workers of every batch, so the worker count must divide it
+    # Images per optimizer step over all workers (the global batch), whatever the worker count:
+    # each worker trains on its 1/scaling.num_workers of every batch, so a fixed worker count must
+    # divide it; with a range the shares may differ by one image (each weighted by its size)
     batch_size: int = 32
     max_steps_per_epoch: int = 0  # cut epochs short (0: the whole split)
     max_val_batches: int = 0  # global batches per validation (0: the whole split)
@@ -138,7 +143,10 @@ class TrainConfig:
 class ScalingConfig:
     """Ray Train workers (DDP ranks) and failure handling."""
 
-    num_workers: int = 2  # Ray Train workers, one DDP rank each
+    # Ray Train workers, one DDP rank each; a range [min, max] makes the run elastic: it starts
+    # with as many as fit (at least min), goes on with fewer when workers are lost and grows
+    # back when resources return, each time from the latest checkpoint (docs/cluster.md)
+    num_workers: int | list[int] = 2
     use_gpu: bool = False  # one GPU per worker and NCCL; otherwise CPU and gloo
     # The Ray resource that marks a training node: each worker holds one. "GPU" means GPUs (held
     # with use_gpu); another name is a custom resource the nodes declare, held whether or not
@@ -146,18 +154,57 @@ class ScalingConfig:
     # clusters without it, which then train on CPU and gloo).
     accelerator_resource: str = "GPU"
     cpus_per_worker: float = 1.0  # logical CPUs Ray reserves for each worker
-    max_failures: int = 1  # worker-group restarts from the last checkpoint (-1: forever)
+    # Worker-group restarts from the last checkpoint after a worker fails or is lost (-1:
+    # forever); an elastic run's resizes are not failures (docs/cluster.md)
+    max_failures: int = 1
     ray_address: str = ""  # cluster to attach to ("": RAY_ADDRESS if set, else a local one)
     # The autoscaler's cluster config on the driver's node, read for its worker node types when
     # the cluster reports none (`ray up` writes this file on the head; "": none).
     autoscaler_config: str = "~/ray_bootstrap_config.yaml"
+    # Elastic runs: how often Ray Train checks whether more workers fit now (and then restarts
+    # the group bigger from the latest checkpoint), in seconds
+    elastic_resize_monitor_interval_s: float = 60.0
+    # Elastic runs: how long a worker group may wait for its placement before Ray Train tries
+    # again with the workers that fit then (its view of free resources can be stale)
+    elastic_start_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
-        _at_least("scaling", self, 1, "num_workers")
+        workers = self.num_workers
+        valid = (isinstance(workers, list) and len(workers) == 2) or isinstance(workers, int)
+        counts = workers if isinstance(workers, list) else [workers]
+        _require(
+            valid and all(type(n) is int and n >= 1 for n in counts) and counts[0] <= counts[-1],
+            "scaling.num_workers",
+            f"expected a worker count >= 1 or a range [min, max] with 1 <= min <= max, "
+            f"got {workers!r}",
+        )
         _require(self.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be > 0")
         _require(bool(self.accelerator_resource), "scaling.accelerator_resource",
                  "must name a Ray resource, e.g. GPU")  # fmt: skip
         _at_least("scaling", self, -1, "max_failures")
+        _at_least("scaling", self, 0, "elastic_resize_monitor_interval_s")
+        _require(self.elastic_start_timeout_s > 0, "scaling.elastic_start_timeout_s", "must be > 0")
+
+    @property
+    def elastic(self) -> bool:
+        """Whether `num_workers` is a range [min, max] (an elastic run)."""
+        return isinstance(self.num_workers, list)
+
+    @property
+    def min_workers(self) -> int:
+        """The fewest workers the run trains on (`num_workers` when it is fixed)."""
+        return self.num_workers[0] if isinstance(self.num_workers, list) else self.num_workers
+
+    @property
+    def max_workers(self) -> int:
+        """The most workers the run trains on (`num_workers` when it is fixed)."""
+        return self.num_workers[1] if isinstance(self.num_workers, list) else self.num_workers
+
+    def describe_workers(self) -> str:
+        """ "2 workers", or "1 to 4 workers" for a range."""
+        if self.elastic:
+            return f"{self.min_workers} to {self.max_workers} workers"
+        return f"{self.num_workers} workers"
 
     def worker_resources(self) -> dict[str, float]:
         """Ray resources one training worker holds, e.g. {"CPU": 1.0, "GPU": 1.0}."""
@@ -233,13 +280,22 @@ class ExperimentConfig:
     tune: TuneConfig = field(default_factory=TuneConfig)
 
     def __post_init__(self) -> None:
-        batch, workers = self.train.batch_size, self.scaling.num_workers
-        _require(
-            batch % workers == 0,
-            "train.batch_size",
-            f"{batch} images per step cannot be split evenly over scaling.num_workers={workers} "
-            "workers; use a multiple of the worker count",
-        )
+        batch, scaling = self.train.batch_size, self.scaling
+        if scaling.elastic:
+            _require(
+                batch >= scaling.max_workers,
+                "train.batch_size",
+                f"{batch} images per step leave some of up to {scaling.max_workers} workers "
+                f"(scaling.num_workers={scaling.num_workers}) without an image; use at least "
+                f"{scaling.max_workers}",
+            )
+        else:
+            _require(
+                batch % scaling.num_workers == 0,
+                "train.batch_size",
+                f"{batch} images per step cannot be split evenly over scaling.num_workers="
+                f"{scaling.num_workers} workers; use a multiple of the worker count",
+            )
         anneal, budget = self.optim.anneal_minutes, self.train.max_minutes
         _require(
             not anneal or 0 < anneal <= budget,
@@ -249,8 +305,15 @@ class ExperimentConfig:
 
     @property
     def batch_size_per_worker(self) -> int:
-        """Images each worker trains on per optimizer step (its share of `train.batch_size`)."""
-        return self.train.batch_size // self.scaling.num_workers
+        """Images each worker trains on per optimizer step (its share of `train.batch_size`);
+        with a range of worker counts, the most any worker trains on (at the minimum count)."""
+        return math.ceil(self.train.batch_size / self.scaling.min_workers)
+
+    def describe_batch_per_worker(self) -> str:
+        """`batch_size_per_worker` as text; "4-8" (fewest-most) for a range of worker counts."""
+        fewest = self.train.batch_size // self.scaling.max_workers
+        most = self.batch_size_per_worker
+        return str(most) if fewest == most else f"{fewest}-{most}"
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> ExperimentConfig:
@@ -323,6 +386,8 @@ def coerce(key: str, value: Any) -> Any:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ConfigError(f"unknown config key '{key}'{hint}")
     expected = types[key]
+    if expected == int | list[int]:
+        return _count_or_range(key, value)
     if isinstance(value, str) and expected is not str:
         return _parse(key, value, expected)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
@@ -330,6 +395,19 @@ def coerce(key: str, value: Any) -> Any:
     if type(value) is not expected:
         raise ConfigError(f"{key}: expected {expected.__name__}, got {value!r}")
     return value
+
+
+def _count_or_range(key: str, value: Any) -> int | list[int]:
+    """A count (3) or a range ([1, 4]); from the CLI "3", "[1,4]" or "1,4" ("[min, max]")."""
+    if isinstance(value, str):
+        text = value.strip()
+        with contextlib.suppress(yaml.YAMLError):
+            value = yaml.safe_load(f"[{text}]" if "," in text and "[" not in text else text)
+    if isinstance(value, tuple):
+        value = list(value)
+    if type(value) is int or (isinstance(value, list) and all(type(item) is int for item in value)):
+        return value
+    raise ConfigError(f"{key}: expected an int or a range [min, max] of ints, got {value!r}")
 
 
 def _parse(key: str, text: str, expected: type) -> Any:

@@ -26,6 +26,9 @@ from pixelrnn_model import nll_nats
 logger = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 30.0  # how often the logging rank prints a running training loss
+# In `train_epoch`'s reports: images trained on in the epoch so far by all ranks, counted step by
+# step (those before a mid-epoch checkpoint carried in its meters)
+EPOCH_IMAGES = "train/epoch_images"
 
 
 class NonFiniteLossError(PixelRNNError):
@@ -112,7 +115,7 @@ class TimeBudget:
             [float(seconds >= self.limit_s), seconds], dtype=torch.float64, device=self.device
         )
         over, total_seconds = all_reduce_sum(local).tolist()
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        world = world_size()
         self.over, self.agreed_seconds = over > 0, total_seconds / world
         return self.over
 
@@ -163,21 +166,42 @@ def _autocast(pixels: Tensor, enabled: bool):
     return torch.autocast(pixels.device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def world_size() -> int:
+    """DDP ranks (1 without a process group)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def batch_share(images: int, global_batch: int) -> float:
+    """This rank's weight in the global batch mean: its `images` over an even share.
+
+    DDP averages the ranks' gradients, which is the global batch's mean gradient only when every
+    rank holds global_batch / world images. A rank holding more (or fewer; shares of a batch
+    that the worker count does not divide differ by one image) scales its mean loss by this, so
+    the average stays the global mean. 1.0 when `global_batch` is 0 (even shares assumed).
+    """
+    if not global_batch:
+        return 1.0
+    return images * world_size() / global_batch
+
+
 def train_step(
     model: nn.Module,
     pixels: Tensor,
     optimizer: torch.optim.Optimizer,
     cfg: OptimConfig,
     bf16: bool = False,
+    global_batch: int = 0,
 ) -> StepResult:
     """One step on bits/dim with gradient clipping; skipped if anything is non-finite.
 
     Args:
         model: a PixelRNN, possibly DDP-wrapped (gradients are then averaged over ranks).
-        pixels: int64 (B, C, H, W) in [0, levels).
+        pixels: int64 (B, C, H, W) in [0, levels): this rank's share of the global batch.
         optimizer: from `make_optimizer`.
         cfg: gradient clipping threshold.
         bf16: run the forward pass under bf16 autocast (the loss stays float32).
+        global_batch: images in this step over all ranks, when the ranks' shares may differ
+            (0: every rank holds the same number).
 
     Raises:
         NonFiniteLossError: on any rank's NaN/inf loss or gradient norm; no rank steps then.
@@ -187,8 +211,9 @@ def train_step(
         logits = model(pixels)  # (B, levels, C, H, W)
     nats = nll_nats(logits, pixels)  # (B,)
     loss = nats.mean() / (pixels[0].numel() * math.log(2.0))  # bits/dim
+    share = batch_share(pixels.shape[0], global_batch)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss if share == 1.0 else loss * share).backward()
     max_norm = cfg.grad_clip_norm if cfg.grad_clip_norm > 0 else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     finite = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
@@ -347,6 +372,7 @@ def train_epoch(
     meters: tuple[float, ...] = (),
     on_checkpoint: Callable[[int, int, tuple[float, ...]], None] | None = None,
     checkpoint_due: Callable[[], bool] | None = None,
+    global_batch: int = 0,
 ) -> tuple[int, dict[str, float]]:
     """Train over `batches` once, setting the scheduled learning rate before every step.
 
@@ -368,9 +394,11 @@ def train_epoch(
         on_checkpoint: called as `on_checkpoint(step, batches done in the epoch, meters)` on
             every rank after a step for which `checkpoint_due()` (asked after every step but
             the epoch's last) is True.
+        global_batch: as for `train_step` (0: even shares).
 
     Returns:
-        (optimizer steps taken in total, the epoch's metrics over all ranks).
+        (optimizer steps taken in total, the epoch's metrics over all ranks). Those metrics and
+        the interim reports' hold `EPOCH_IMAGES`.
     """
     device = next(model.parameters()).device
     step, lr, last_log = start_step, schedule(start_step), time.perf_counter()
@@ -386,12 +414,13 @@ def train_epoch(
             interval_meter = TrainMeter.carrying(meters[5:])
         lr = schedule(step)
         set_learning_rate(optimizer, lr)
-        result = train_step(model, pixels, optimizer, cfg, bf16)
+        result = train_step(model, pixels, optimizer, cfg, bf16, global_batch)
         epoch_meter.add(result)
         interval_meter.add(result)
         step += 1
         if report_every and on_report is not None and (position + 1) % report_every == 0:
-            on_report(step, interval_meter.summary(lr, device))
+            epoch_images = epoch_meter.totals(device)[1]
+            on_report(step, {**interval_meter.summary(lr, device), EPOCH_IMAGES: epoch_images})
             interval_meter = TrainMeter()
         last = bool(max_steps) and position + 1 >= max_steps
         if on_checkpoint and checkpoint_due and not last and checkpoint_due():
@@ -400,7 +429,7 @@ def train_epoch(
         if log_progress and time.perf_counter() - last_log > PROGRESS_EVERY_S:
             last_log = time.perf_counter()
             logger.info("step %d: %.4f bits/dim (epoch so far)", step, epoch_meter.bits_per_dim)
-    return step, epoch_meter.summary(lr, device)
+    return step, {**epoch_meter.summary(lr, device), EPOCH_IMAGES: epoch_meter.totals(device)[1]}
 
 
 def center_crop(pixels: Tensor, size: int) -> Tensor:

@@ -10,10 +10,12 @@ more logical CPUs than cores, so Ray Data's read tasks never starve training wor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import ray
@@ -111,6 +113,30 @@ def connect(
 
 
 WAIT_LOG_EVERY_S = 30.0
+START_TIMEOUT_VAR = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+
+
+@contextlib.contextmanager
+def worker_group_start_timeout(seconds: float | None) -> Iterator[None]:
+    """Within the block, Ray Train gives up placing a worker group after `seconds` (None: leave
+    the setting alone). `fit()` hands the variable to its controller when it starts it.
+
+    An elastic run sizes each new group by the autoscaling coordinator's view of the cluster,
+    refreshed every 20 s; a group sized by a stale view (a node just lost) waits for placement
+    until this timeout, then the controller tries again with what fits.
+    """
+    if seconds is None:
+        yield
+        return
+    before = os.environ.get(START_TIMEOUT_VAR)
+    os.environ[START_TIMEOUT_VAR] = f"{seconds:g}"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(START_TIMEOUT_VAR, None)
+        else:
+            os.environ[START_TIMEOUT_VAR] = before
 
 
 def cluster_capacity(autoscaler_config: str = "") -> capacity.Capacity:
@@ -178,8 +204,12 @@ class WaitForNodesLog:
     group cannot start, including after a node is lost.
     """
 
-    def __init__(self, per_worker: dict[str, float], workers: int, grows: capacity.Capacity):
-        self.per_worker, self.workers, self.grows = per_worker, workers, grows
+    def __init__(
+        self, per_worker: dict[str, float], workers: int | list[int], grows: capacity.Capacity
+    ):
+        """`workers`: `scaling.num_workers`, a count or a range [min, max]."""
+        self.per_worker, self.grows = per_worker, grows
+        self.fewest, self.most = workers if isinstance(workers, list) else [workers, workers]
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="wait-for-nodes", daemon=True)
 
@@ -205,7 +235,7 @@ class WaitForNodesLog:
             bundles = list(group.get("bundles", {}).values())
             if (
                 group.get("state") == "PENDING"
-                and len(bundles) == self.workers
+                and self.fewest <= len(bundles) <= self.most
                 and all({k: v for k, v in bundle.items() if v} == wanted for bundle in bundles)
             ):
                 return True
@@ -213,7 +243,8 @@ class WaitForNodesLog:
 
     def message(self) -> str:
         """What the run waits for, what is free now and what the autoscaler can add."""
-        return (f"waiting for nodes: {self.workers} training workers x "
+        workers = f"{self.fewest}" if self.fewest == self.most else f"{self.fewest}-{self.most}"
+        return (f"waiting for nodes: {workers} training workers x "
                 f"{capacity.describe(self.per_worker)}; free now "
                 f"{capacity.describe(ray.available_resources())}; the autoscaler can add "
                 f"{self.grows.describe_types()}")  # fmt: skip

@@ -178,7 +178,7 @@ def start_new_run(cfg: ExperimentConfig, dataset: PreparedDataset, plan: RunPlan
     root = storage_location(cfg)
     tags = tracking.run_tags(cfg, dataset.manifest, dataset.root)
     tags["pixelrnn.run_dir"] = storage.join(root, name)
-    derived = {"batch_size_per_worker": cfg.batch_size_per_worker,
+    derived = {"batch_size_per_worker": cfg.describe_batch_per_worker(),
                "steps_per_epoch": plan.steps_per_epoch,
                "image_shape": f"{plan.channels}x{plan.height}x{plan.width}",
                "train_images": dataset.count(cfg.data.train_split)}  # fmt: skip

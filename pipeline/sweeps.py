@@ -38,6 +38,20 @@ class TrialSizing:
     max_concurrent: int
 
 
+def check_fixed_workers(cfg: ExperimentConfig) -> None:
+    """Refuse a range of worker counts in a sweep (docs/sweeps.md says why).
+
+    A trial's resources are sized and placed once, and ASHA compares trials at equal epochs: a
+    trial that shrank would run slower and hold less than it was sized for, one that grew would
+    take resources sized for other trials, and their costs would not compare.
+    """
+    if cfg.scaling.elastic:
+        raise ConfigError(
+            f"scaling.num_workers: sweeps take a fixed worker count, not a range "
+            f"({cfg.scaling.num_workers}); each trial is sized and placed once (docs/sweeps.md)"
+        )
+
+
 def size_trials(cfg: ExperimentConfig, cluster: dict[str, float]) -> TrialSizing:
     """Fit trials to the cluster: each holds its driver, its Train workers and Ray Data's reads.
 
@@ -50,8 +64,10 @@ def size_trials(cfg: ExperimentConfig, cluster: dict[str, float]) -> TrialSizing
             (`capacity.Capacity.most()`; a fixed cluster's `ray.cluster_resources()`).
 
     Raises:
-        ConfigError: one trial, or `tune.max_concurrent_trials` trials, need more than the cluster.
+        ConfigError: one trial, or `tune.max_concurrent_trials` trials, need more than the cluster;
+            or its workers are a range (`check_fixed_workers`).
     """
+    check_fixed_workers(cfg)
     scaling, tune = cfg.scaling, cfg.tune
     cpus = tune.trial_driver_cpus + scaling.num_workers * scaling.cpus_per_worker + tune.data_cpus
     accelerator = scaling.accelerator_resource  # "GPU", or the custom resource standing for it

@@ -243,6 +243,10 @@ class RunTracker:
         """The run's current MLflow status."""
         return self.client.get_run(self.run_id).info.status
 
+    def tag(self, key: str) -> str:
+        """The value of one of the run's tags ("" when it has none)."""
+        return self.client.get_run(self.run_id).data.tags.get(key, "")
+
     def metric_history(self, key: str) -> list[tuple[int, float]]:
         """(step, value) pairs of one metric, in logging order."""
         return [(m.step, m.value) for m in self.client.get_metric_history(self.run_id, key)]

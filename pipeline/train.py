@@ -23,7 +23,17 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, UserCallback
 from ray.train import ScalingConfig as RayScalingConfig
 
-from pipeline import capacity, data, ray_runtime, runs, sanity, storage, tracking, tracking_models
+from pipeline import (
+    capacity,
+    data,
+    elastic,
+    ray_runtime,
+    runs,
+    sanity,
+    storage,
+    tracking,
+    tracking_models,
+)
 from pipeline.checkpointing import (
     CHECKPOINT_FILE,
     CHECKPOINT_SCORE,
@@ -38,6 +48,7 @@ from pipeline.checkpointing import (
 )
 from pipeline.config import ExperimentConfig
 from pipeline.engine import (
+    EPOCH_IMAGES,
     CheckpointTimer,
     NonFiniteLossError,
     TimeBudget,
@@ -113,6 +124,8 @@ def train_loop_per_worker(config: dict) -> dict:
     timer = CheckpointTimer(cfg.train.checkpoint_every_minutes, device)
     val_order = dataset.rank_order(cfg.data.val_split, rank, world, cfg.train.batch_size, 0, 0,
                                    shuffle=False)  # fmt: skip
+    if cfg.scaling.elastic:  # [ray 5] this group's size, for the record of resizes
+        ray.train.report({elastic.GROUP_KEY: world, "step": progress.step})
     first_epoch = progress.epoch
     for epoch in range(first_epoch, cfg.train.epochs):
         # Resumed with the budget already spent: nothing to do. (Later epochs only start when
@@ -128,7 +141,8 @@ def train_loop_per_worker(config: dict) -> dict:
             step, train_metrics = worker.train(batches, epoch, progress, skip, validate, bf16)
         except NonFiniteLossError as error:
             return {"status": "non_finite", "message": str(error), "epoch": epoch}
-        metrics = {**train_metrics, **validate(), "epoch": epoch + 1, "step": step}
+        metrics = {**_counted(train_metrics, epoch, cfg, plan), **validate(),
+                   "epoch": epoch + 1, "step": step}  # fmt: skip
         # Spent mid-epoch, at its end or during its validation: this epoch is the last.
         spent = budget.spent()
         progress = Progress(epoch=epoch + 1, step=step, seconds=budget.seconds(),
@@ -142,6 +156,15 @@ def train_loop_per_worker(config: dict) -> dict:
             logger.info("time budget of %g min spent after step %d", cfg.train.max_minutes, step)
             break
     return {"status": "completed", "epoch": progress.epoch}
+
+
+def _counted(metrics: dict, epoch: int, cfg: ExperimentConfig, plan: runs.RunPlan) -> dict:
+    """A report's metrics with the worker count and the images trained on since the run began
+    (the whole epochs before this one, and this one's counted images) in place of the epoch's."""
+    metrics = dict(metrics)
+    images = epoch * plan.steps_per_epoch * cfg.train.batch_size + metrics.pop(EPOCH_IMAGES)
+    world = ray.train.get_context().get_world_size()
+    return {**metrics, elastic.IMAGES_METRIC: images, elastic.WORKERS_METRIC: world}
 
 
 def _validator(cfg: ExperimentConfig, model, dataset, order, bf16: bool):
@@ -186,7 +209,8 @@ class _Worker:
         total_steps = self.plan.steps_per_epoch * cfg.train.epochs
 
         def report_interim(step: int, metrics: dict[str, float]) -> None:
-            metrics = {**metrics, **validate(interim=True), "step": step,
+            metrics = {**_counted(metrics, epoch, cfg, self.plan), **validate(interim=True),
+                       "step": step,
                        "time/train_minutes": budget.seconds() / 60.0}  # fmt: skip
             ray.train.report(metrics)  # [ray 5] no checkpoint
 
@@ -208,7 +232,7 @@ class _Worker:
             report_every=cfg.train.report_every_steps, on_report=report_interim,
             bf16=bf16, log_progress=self.rank == 0, should_stop=budget.spent,
             start_batch=skip, meters=meters, on_checkpoint=checkpoint_mid_epoch,
-            checkpoint_due=self.timer.due,
+            checkpoint_due=self.timer.due, global_batch=cfg.train.batch_size,
         )  # fmt: skip
 
     def checkpoint(self, progress: Progress, metrics: dict, samples: bool) -> None:
@@ -243,7 +267,7 @@ def _restore(checkpoint, model, optimizer, rank: int, cfg: ExperimentConfig) -> 
                             f"of train.batch_size={cfg.train.batch_size}")  # fmt: skip
     if progress.samples_in_epoch:
         where += f", {progress.samples_in_epoch} samples into epoch {progress.epoch + 1}"
-    logger.info("resumed from %s on %d workers", where, cfg.scaling.num_workers)
+    logger.info("resumed from %s on %d workers", where, ray.train.get_context().get_world_size())
     return progress
 
 
@@ -266,12 +290,16 @@ class MlflowReportCallback(UserCallback):
     carry no measurements and are not logged.
     """
 
-    def __init__(self, tracker: tracking.RunTracker):
+    def __init__(self, tracker: tracking.RunTracker, groups: elastic.WorkerGroups | None = None):
         self.tracker = tracker
         self.last_logged = _last_logged_report(tracker)
+        self.groups = groups
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
         report = metrics[0]  # rank 0's; metrics are already averaged over ranks
+        if elastic.GROUP_KEY in report:
+            self._group_started(int(report[elastic.GROUP_KEY]), int(report["step"]))
+            return
         position = (int(report["step"]), "epoch" in report)
         if POSITION_KEY in report or position <= self.last_logged:
             return
@@ -296,8 +324,22 @@ class MlflowReportCallback(UserCallback):
                 named.write_bytes(png.read_bytes())
                 self.tracker.log_artifact(named, "samples")
 
+    def _group_started(self, workers: int, step: int) -> None:
+        """An elastic run's new worker group: `train/workers` at its first step, and the tag."""
+        if self.groups is None:
+            return
+        text = self.groups.started(workers, step)
+        logger.info("training on %d workers from step %d", workers, step)
+        try:
+            self.tracker.log_metrics({elastic.WORKERS_METRIC: workers}, step=step)
+            self.tracker.set_tags({elastic.GROUPS_TAG: text})
+        except Exception:  # tracking must never stop training
+            logger.exception("MLflow logging failed; training continues")
+
     def after_exception(self, run_context, worker_exceptions: dict) -> None:
         errors = "\n".join(f"rank {rank}: {error!r}" for rank, error in worker_exceptions.items())
+        if self.groups is not None:
+            self.groups.worker_lost(errors)
         try:
             self.tracker.set_tags({"pixelrnn.last_worker_error": errors[:5000]})
         except Exception:
@@ -323,31 +365,51 @@ def build_trainer(
 
     `dataset` is the `PreparedDataset` the workers read; `callbacks` are more Train
     `UserCallback`s (a Tune trial adds its report callback).
+
+    An elastic run (`scaling.num_workers` a range) gets Ray's `(min, max)` workers. A worker
+    group that cannot start in `scaling.elastic_start_timeout_s` (Ray sized it by a stale view of
+    the cluster) is a controller failure, retried with what fits then: those are not limited. A
+    fixed run fails after 2 of them. A lost worker counts against `scaling.max_failures` either
+    way (a preemption Ray is told of ahead counts against its own, unlimited, budget); growing
+    is never a failure.
     """
+    scaling = cfg.scaling
+    groups = None
+    if scaling.elastic:
+        groups = elastic.WorkerGroups(text=tracker.tag(elastic.GROUPS_TAG))
     run_config = RunConfig(
         name=record.name,
         storage_path=record.storage_path,
         failure_config=FailureConfig(
-            max_failures=cfg.scaling.max_failures, controller_failure_limit=2
+            max_failures=scaling.max_failures,
+            controller_failure_limit=-1 if scaling.elastic else 2,
         ),
         checkpoint_config=CheckpointConfig(
             num_to_keep=cfg.train.keep_best,  # Ray keeps the latest on top of these
             checkpoint_score_attribute=CHECKPOINT_SCORE,
             checkpoint_score_order="min",
         ),
-        callbacks=[MlflowReportCallback(tracker), *callbacks],
+        callbacks=[MlflowReportCallback(tracker, groups), *callbacks],
         logging_config=LoggingConfig(log_level="WARNING"),  # our epoch lines are the progress
     )
     return ray.train.torch.TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"experiment": cfg.to_dict(), "plan": dataclasses.asdict(plan),
                            "dataset": {"root": dataset.root, "manifest": dataset.manifest}},
-        scaling_config=RayScalingConfig(
-            num_workers=cfg.scaling.num_workers,
-            use_gpu=cfg.scaling.use_gpu,
-            resources_per_worker=cfg.scaling.worker_resources(),
-        ),
+        scaling_config=_ray_scaling(scaling),
         run_config=run_config,
+    )  # fmt: skip
+
+
+def _ray_scaling(scaling) -> RayScalingConfig:
+    """Ray's ScalingConfig: a fixed count, or `(min, max)` and the resize check interval."""
+    if not scaling.elastic:
+        return RayScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+                                resources_per_worker=scaling.worker_resources())  # fmt: skip
+    return RayScalingConfig(
+        num_workers=(scaling.min_workers, scaling.max_workers), use_gpu=scaling.use_gpu,
+        resources_per_worker=scaling.worker_resources(),
+        elastic_resize_monitor_interval_s=scaling.elastic_resize_monitor_interval_s,
     )  # fmt: skip
 
 
@@ -401,6 +463,8 @@ def run_training(
     per_worker = cfg.scaling.worker_resources()
     grows = ray_runtime.cluster_capacity(cfg.scaling.autoscaler_config)
     capacity.check_workers_fit(grows, per_worker, cfg.scaling.num_workers)  # before any output
+    if cfg.scaling.elastic:
+        logger.info("elastic run: %s, starting with as many as fit", cfg.scaling.describe_workers())
     record, tracker = _open_run(cfg, resume, dataset, plan)
     if tags:
         tracker.set_tags(tags)
@@ -409,6 +473,9 @@ def run_training(
         with (
             tracking.SystemMetrics(tracker, cfg.tracking.system_metrics, resumed=resume),
             ray_runtime.WaitForNodesLog(per_worker, cfg.scaling.num_workers, grows),
+            ray_runtime.worker_group_start_timeout(
+                cfg.scaling.elastic_start_timeout_s if cfg.scaling.elastic else None
+            ),
         ):
             result = trainer.fit()
     except ray.train.TrainingFailedError as error:

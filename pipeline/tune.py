@@ -276,6 +276,7 @@ def run_sweep(cfg: ExperimentConfig, resume: bool = False) -> SweepSummary:
     """
     if not cfg.tune.space:
         raise ConfigError("tune.space: name a search space (--space)")
+    sweeps.check_fixed_workers(cfg)
     space = get_space(cfg.tune.space)
     if cfg.tune.grace_period_epochs > cfg.train.epochs:
         raise ConfigError(

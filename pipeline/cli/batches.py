@@ -68,10 +68,10 @@ def run(args: argparse.Namespace) -> Iterator[str]:
         if value < 1:
             raise PixelRNNError(f"{flag}: expected a positive integer, got {value}")
     first, stop = _step_range(args.steps)
-    if args.batch_size % args.workers:
+    if args.batch_size < args.workers:  # uneven shares are fine: an elastic run's are
         raise PixelRNNError(
-            f"--batch-size {args.batch_size} cannot be split evenly over "
-            f"--workers {args.workers}; use a multiple of {args.workers}"
+            f"--batch-size {args.batch_size} leaves some of --workers {args.workers} without an "
+            f"image; use at least {args.workers}"
         )
     dataset = open_prepared(args.data)
     ranks = list(range(args.workers))

@@ -33,6 +33,22 @@ def test_zero_worker_nodes_up_still_fits_what_the_autoscaler_can_add():
     check_workers_fit(Capacity((HEAD,), (unfilled,), known=False), ONE_GPU, workers=5)
 
 
+def test_an_elastic_range_needs_only_its_minimum_to_fit_ever():
+    one_up = Capacity(nodes=(HEAD, GPU_NODES.resources))  # no autoscaler: 1 worker, ever
+    check_workers_fit(one_up, ONE_GPU, workers=[1, 4])  # starts with the 1 that fits
+    with pytest.raises(ConfigError) as info:
+        check_workers_fit(one_up, ONE_GPU, workers=[2, 4])
+    assert str(info.value) == (
+        "scaling.num_workers: at least 2 workers (the minimum of [2, 4]) asking for "
+        "{CPU: 1, GPU: 1} each, but this cluster (no autoscaler node types) can hold at most 1; "
+        "the largest node has {CPU: 8, GPU: 1}"
+    )
+    with pytest.raises(ConfigError, match=r"no node of this cluster .* can ever hold one"):
+        check_workers_fit(one_up, {"CPU": 1.0, "GPU": 2.0}, workers=[1, 4])
+    empty = Capacity(nodes=(HEAD,), node_types=(GPU_NODES,))
+    check_workers_fit(empty, ONE_GPU, workers=[4, 16])  # the autoscaler can add 4
+
+
 def test_a_request_no_node_type_can_satisfy_names_it_and_the_largest_node():
     empty = Capacity(nodes=(HEAD,), node_types=(GPU_NODES,))
     with pytest.raises(ConfigError) as info:
@@ -112,6 +128,12 @@ def test_a_pending_worker_group_is_logged_with_what_it_waits_for(ray_cluster, mo
     assert lines[0].startswith("waiting for nodes: 2 training workers x {CPU: 1, accel: 1}; free")
     assert "the autoscaler can add accel-worker (up to 2 x {CPU: 2, accel: 1})" in lines[0]
     assert not ray_runtime.WaitForNodesLog({"CPU": 1.0, "accel": 1.0}, 2, grows).waiting()
+
+
+def test_the_wait_log_of_an_elastic_run_names_its_range():
+    grows = Capacity(nodes=(), node_types=())
+    waiting = ray_runtime.WaitForNodesLog({"CPU": 1.0}, [1, 4], grows)
+    assert (waiting.fewest, waiting.most) == (1, 4)
 
 
 def test_a_broken_autoscaler_config_is_a_one_line_error_naming_the_file(tmp_path):

@@ -74,6 +74,27 @@ def test_batch_size_is_global_and_split_over_the_workers():
         merge([{"train.batch_size": 30, "scaling.num_workers": 4}])
 
 
+@pytest.mark.parametrize("written", ["[1,4]", "[1, 4]", "1,4", [1, 4], (1, 4)])
+def test_num_workers_takes_a_range_from_the_cli_yaml_or_a_dict(written, tmp_path):
+    cfg = merge([{"scaling.num_workers": written, "train.batch_size": 10}])
+    assert cfg.scaling.num_workers == [1, 4]
+    assert (cfg.scaling.elastic, cfg.scaling.min_workers, cfg.scaling.max_workers) == (
+        True, 1, 4)  # fmt: skip
+    assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg  # as it crosses into Ray
+    assert cfg.batch_size_per_worker == 10  # the most on one worker: all of it, alone
+    assert cfg.describe_batch_per_worker() == "2-10"  # 10 // 4 = 2 (some get 3), up to 10
+    yaml_file = tmp_path / "elastic.yaml"
+    yaml_file.write_text("scaling:\n  num_workers: [2, 8]\n")
+    assert load_config(yaml_file).scaling.num_workers == [2, 8]
+
+
+def test_a_fixed_worker_count_is_unchanged():
+    cfg = load_config(None, ["scaling.num_workers=3", "train.batch_size=12"])
+    assert cfg.scaling.num_workers == 3 and not cfg.scaling.elastic
+    assert (cfg.scaling.min_workers, cfg.scaling.max_workers) == (3, 3)
+    assert cfg.batch_size_per_worker == 4 and cfg.describe_batch_per_worker() == "4"
+
+
 def test_the_removed_per_worker_batch_names_the_global_one(tmp_path):
     with pytest.raises(ConfigError, match=r"^train\.batch_size_per_worker was removed: set "
                        r"train\.batch_size, the global batch"):  # fmt: skip
@@ -101,7 +122,21 @@ def test_the_removed_per_worker_batch_names_the_global_one(tmp_path):
         ({"optim.optimizer": "sgd"}, "optim.optimizer: expected one of"),
         ({"optim.beta2": 1.0}, "optim.beta2: must be in [0, 1)"),
         ({"train.epochs": 0}, "train.epochs: must be >= 1"),
-        ({"scaling.num_workers": 0}, "scaling.num_workers: must be >= 1"),
+        ({"scaling.num_workers": 0}, "scaling.num_workers: expected a worker count >= 1"),
+        (
+            {"scaling.num_workers": "[2,1]"},
+            "scaling.num_workers: expected a worker count >= 1 "
+            "or a range [min, max] with 1 <= min <= max, got [2, 1]",
+        ),
+        ({"scaling.num_workers": [0, 2]}, "scaling.num_workers: expected a worker count"),
+        ({"scaling.num_workers": "[1,2,3]"}, "scaling.num_workers: expected a worker count"),
+        ({"scaling.num_workers": "many"}, "scaling.num_workers: expected an int or a range"),
+        ({"scaling.num_workers": [1.0, 2]}, "scaling.num_workers: expected an int or a range"),
+        (
+            {"scaling.num_workers": "[1,4]", "train.batch_size": 3},
+            "train.batch_size: 3 images per step leave some of up to 4 workers",
+        ),
+        ({"scaling.elastic_start_timeout_s": 0}, "scaling.elastic_start_timeout_s: must be > 0"),
         ({"model.hidden_channels": 13}, "model.hidden_channels: 13 is not divisible by channels"),
         ({"model.layer": "gru"}, "model.layer: expected one of"),
         ({"preset": "cifar100"}, "preset: unknown preset 'cifar100'"),

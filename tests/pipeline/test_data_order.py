@@ -122,6 +122,13 @@ def test_global_and_per_worker_batches_mix_classes_like_a_uniform_shuffle(capsys
         assert mean_distinct >= 0.9 * uniform_distinct(counts, BATCH // workers), workers
 
 
+def test_a_worker_count_that_does_not_divide_the_batch_splits_it_by_at_most_one(capsys, dataset):
+    one, three = epoch(capsys, dataset, 1), epoch(capsys, dataset, 3)  # BATCH over 3: uneven
+    for step, parts in three.items():
+        assert sorted(len(part) for part in parts) in ([5, 5, 6], [5, 6, 6]), parts
+        assert sorted(i for part in parts for i in part) == sorted(one[step][0])
+
+
 def test_global_batches_are_the_same_images_for_1_2_and_4_workers(capsys, dataset):
     train = set(split_rows(dataset, "train")["index"].tolist())
     epochs = []
@@ -216,7 +223,7 @@ def test_steps_selects_a_range_of_global_batches(capsys, dataset):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--workers", "3"], "--batch-size 16 cannot be split evenly over --workers 3"),
+        (["--workers", "17"], "--batch-size 16 leaves some of --workers 17 without an image"),
         (["--steps", "5:2"], "--steps 5:2: expected A:B with 0 <= A < B"),
         (["--steps", "x"], "--steps x: expected A:B"),
         (["--steps", "142:"], "--steps 142:: epoch 1 has 142 steps (0 to 141)"),

@@ -10,6 +10,7 @@ import torch
 
 from pipeline.config import OptimConfig
 from pipeline.engine import (
+    EPOCH_IMAGES,
     NonFiniteLossError,
     TimeBudget,
     center_crop,
@@ -119,7 +120,8 @@ def test_train_epoch_reports_and_stops_at_max_steps(model, pixels):
     assert metrics["train/lr"] == pytest.approx(1e-3 / 12)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 / 12)
     assert set(metrics) == {"train/bits_per_dim", "train/nll_nats", "train/grad_norm",
-                            "train/lr", "throughput/images_per_s"}  # fmt: skip
+                            "train/lr", "throughput/images_per_s", EPOCH_IMAGES}  # fmt: skip
+    assert metrics[EPOCH_IMAGES] == 5 * 4  # 5 steps of 4 images, counted
 
 
 def test_train_epoch_stops_when_asked_before_a_step(model, pixels):
@@ -180,3 +182,53 @@ def test_precision_auto_means_bf16_on_gpu_only_and_bf16_needs_native_support():
     assert use_bf16("auto", cpu) is False
     assert use_bf16("fp32", cpu) is False
     assert use_bf16("bf16", cpu) is native_bf16(cpu)
+
+
+def _uneven_rank(rank: int, init_file: str, pixels, state, results) -> None:
+    """One of 2 gloo DDP ranks: rank 0 trains on 3 of the 5 images, rank 1 on the other 2, once
+    weighted by share (global_batch=5) and once not (0); rank 0 sends both gradients."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        grads = {}
+        for global_batch in (5, 0):
+            model = PixelRNN(TINY)
+            model.load_state_dict(state)
+            ddp = DistributedDataParallel(model)
+            cfg = OptimConfig(optimizer="rmsprop", lr=1e-3, grad_clip_norm=0.0)
+            share = pixels[:3] if rank == 0 else pixels[3:]  # (3 | 2, C, H, W)
+            train_step(ddp, share, make_optimizer(ddp.parameters(), cfg), cfg,
+                       global_batch=global_batch)  # fmt: skip
+            grads[global_batch] = {name: p.grad.clone() for name, p in model.named_parameters()}
+        if rank == 0:
+            results.put(grads)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_uneven_shares_weighted_by_size_give_the_global_batch_gradient(model, tmp_path):
+    pixels = torch.randint(0, 256, (5, 3, 8, 8), generator=torch.Generator().manual_seed(2))
+    state = {name: value.clone() for name, value in model.state_dict().items()}
+    cfg = OptimConfig(optimizer="rmsprop", lr=1e-3, grad_clip_norm=0.0)
+    train_step(model, pixels, make_optimizer(model.parameters(), cfg), cfg)  # one process, all 5
+    want = {name: p.grad for name, p in model.named_parameters()}
+
+    # spawn, not fork: a forked child cannot run backward once the parent's autograd has threads
+    context = torch.multiprocessing.get_context("spawn")
+    results = context.Queue()
+    ranks = [context.Process(target=_uneven_rank,
+                             args=(rank, str(tmp_path / "init"), pixels, state, results))
+             for rank in range(2)]  # fmt: skip
+    for process in ranks:
+        process.start()
+    grads = results.get(timeout=120)
+    for process in ranks:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    for name, grad in want.items():
+        torch.testing.assert_close(grads[5][name], grad, rtol=1e-5, atol=1e-7, msg=name)
+    unweighted = grads[0]  # each rank's mean weighs 1/2: a mean of the means, not the batch's
+    assert not all(torch.allclose(unweighted[name], grad, rtol=1e-3) for name, grad in want.items())

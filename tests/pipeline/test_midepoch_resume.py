@@ -7,7 +7,7 @@ import torch
 
 from pipeline.checkpointing import Progress, restore, save_checkpoint
 from pipeline.config import ExperimentConfig, merge
-from pipeline.engine import learning_rate, make_optimizer, train_epoch
+from pipeline.engine import EPOCH_IMAGES, learning_rate, make_optimizer, train_epoch
 from pixelrnn_model import PixelRNN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -79,6 +79,7 @@ def test_resuming_at_the_checkpointed_batch_gives_identical_parameters(tmp_path)
         assert torch.equal(value, uninterrupted[key]), key
     for key in ("train/bits_per_dim", "train/nll_nats", "train/grad_norm", "train/lr"):
         assert metrics[key] == pytest.approx(expected[key], rel=1e-12), key  # the whole epoch
+    assert metrics[EPOCH_IMAGES] == expected[EPOCH_IMAGES] == BATCHES * 2  # each image once
 
 
 def test_no_mid_epoch_checkpoint_after_the_epochs_last_batch():

@@ -47,6 +47,15 @@ def test_a_sweep_that_cannot_fit_says_what_a_trial_needs():
         sweeps.size_trials(config(**{"tune.max_concurrent_trials": 2}), {"CPU": 6.0})
 
 
+def test_a_sweep_refuses_a_range_of_worker_counts_in_one_line():
+    with pytest.raises(ConfigError) as info:
+        sweeps.size_trials(config(**{"scaling.num_workers": "[1,2]"}), {"CPU": 16.0})
+    assert str(info.value) == (
+        "scaling.num_workers: sweeps take a fixed worker count, not a range ([1, 2]); each "
+        "trial is sized and placed once (docs/sweeps.md)"
+    )
+
+
 def test_unknown_spaces_and_bad_tune_keys_are_rejected():
     with pytest.raises(ConfigError, match="unknown space 'rowlstm'; expected one of"):
         get_space("rowlstm")
