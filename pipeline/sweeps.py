@@ -225,20 +225,44 @@ def settle_stopped_trials(record: SweepRecord) -> list[tracking.RunSummary]:
     """The sweep's child runs, with trials ASHA stopped marked KILLED (not FAILED).
 
     Killing a stopped trial can make its `run_training` see a dead actor and end its run FAILED
-    (or overwrite its failure message) after or while `SweepCallback` ended it KILLED; once the
-    sweep is over, no trial process is left, so this is the last word.
+    (or overwrite its failure message) after or while `SweepCallback` ended it KILLED. The trial
+    puts the verdict back itself (`keep_stop_verdict`); this is the last word for a trial process
+    killed before it could.
     """
     trials = tracking.find_runs(record.tracking_uri, parent_run_id=record.parent_run_id)
     for index, run in enumerate(trials):
-        if run.tags.get(STOPPED_EARLY_TAG) != "true":
-            continue
-        message = run.tags.get("pixelrnn.stopped_message", "stopped by ASHA")
-        if run.status != "KILLED" or run.tags.get("pixelrnn.failure") != message:
-            tracker = tracking.RunTracker(record.tracking_uri, run.run_id)
-            tracker.finish("KILLED", message)
+        message = _stop_to_restore(run.status, run.tags)
+        if message is not None:
+            tracking.RunTracker(record.tracking_uri, run.run_id).finish("KILLED", message)
             tags = {**run.tags, "pixelrnn.failure": message}
             trials[index] = dataclasses.replace(run, status="KILLED", tags=tags)
     return trials
+
+
+def keep_stop_verdict(tracker: tracking.RunTracker) -> bool:
+    """In a trial's own process, once `run_training` ended its run: if the sweep driver marked
+    the trial stopped by ASHA, the run ends KILLED with the stop's message, whatever the stop's
+    teardown made `run_training` write. True when the run was changed.
+
+    The driver tags the run before it ends it, and this reads the tags after the trial's own
+    end: whichever writes last, the run ends KILLED.
+    """
+    run = tracker.client.get_run(tracker.run_id)
+    message = _stop_to_restore(run.info.status, run.data.tags)
+    if message is None:
+        return False
+    tracker.finish("KILLED", message)
+    return True
+
+
+def _stop_to_restore(status: str, tags: dict[str, str]) -> str | None:
+    """The stop message a run ASHA stopped should end with, if it does not already; else None."""
+    if tags.get(STOPPED_EARLY_TAG) != "true":
+        return None
+    message = tags.get("pixelrnn.stopped_message", "stopped by ASHA")
+    if status == "KILLED" and tags.get("pixelrnn.failure") == message:
+        return None
+    return message
 
 
 def best_trial(trials: list[tracking.RunSummary], tracking_uri: str, metric: str, mode: str):

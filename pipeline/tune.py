@@ -110,7 +110,20 @@ def run_trial(params: dict[str, Any], sweep: dict[str, Any]) -> None:
         return
     tags = {"mlflow.parentRunId": record.parent_run_id, "pixelrnn.sweep": record.name,
             "pixelrnn.trial_id": trial_id, "pixelrnn.space": record.space}  # fmt: skip
-    train.run_training(cfg, resume=started, callbacks=[MeasuredReportCallback()], tags=tags)
+    try:
+        train.run_training(cfg, resume=started, callbacks=[MeasuredReportCallback()], tags=tags)
+    finally:  # also when the stop's teardown fails `run_training` or exits this thread
+        _keep_stop_verdict(run_dir)
+
+
+def _keep_stop_verdict(run_dir: str) -> None:
+    """A trial the driver stopped keeps its KILLED run (`sweeps.keep_stop_verdict`)."""
+    try:
+        if storage.is_file(storage.join(run_dir, runs.RECORD_FILE)):
+            run = runs.RunRecord.load(run_dir)
+            sweeps.keep_stop_verdict(tracking.RunTracker(run.tracking_uri, run.mlflow_run_id))
+    except Exception:  # the trial's own outcome (or error) is what Tune should see
+        logger.exception("could not check whether trial run %s was stopped", run_dir)
 
 
 class MeasuredReportCallback(TuneReportCallback):
@@ -145,7 +158,8 @@ class SweepCallback(ray.tune.Callback):
     """Driver side: one log line per trial event, and the MLflow run of a stopped trial ended.
 
     A trial ASHA stops has its process killed, so its child run would stay RUNNING (or, if the
-    kill interrupts `run_training`, end FAILED: `sweeps.settle_stopped_trials` corrects it).
+    kill interrupts `run_training`, end FAILED: the trial's `_keep_stop_verdict` and then
+    `sweeps.settle_stopped_trials` correct it). The run is tagged before it is ended.
     """
 
     def __init__(self, train_root: str, metric: str):

@@ -157,3 +157,31 @@ def test_settling_a_sweep_marks_every_asha_stopped_trial_killed_with_its_own_mes
     crash = client.get_run(crashed)
     assert crash.info.status == settled[crashed].status == "FAILED"
     assert crash.data.tags["pixelrnn.failure"] == "ValueError('real')"
+
+
+def test_a_stopped_trial_keeps_the_drivers_verdict_over_its_own_teardown_failure(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import RunTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("sweep", artifact_location=str(tmp_path / "artifacts"))
+    message = "stopped by ASHA after epoch 1"
+    stop = {sweeps.STOPPED_EARLY_TAG: "true", "pixelrnn.stopped_message": message}
+
+    # the driver tagged and ended the run, then the trial's teardown ended it FAILED
+    stopped = RunTracker(uri, client.create_run(experiment).info.run_id)
+    stopped.set_tags(stop)
+    stopped.finish("KILLED", message)
+    stopped.finish("FAILED", "ActorDiedError()")
+    assert sweeps.keep_stop_verdict(stopped)
+    run = client.get_run(stopped.run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["pixelrnn.failure"] == message
+    assert not sweeps.keep_stop_verdict(stopped)  # already right: nothing written
+
+    crashed = RunTracker(uri, client.create_run(experiment).info.run_id)
+    crashed.finish("FAILED", "ValueError('real')")  # no stop: a failure stays a failure
+    assert not sweeps.keep_stop_verdict(crashed)
+    assert client.get_run(crashed.run_id).info.status == "FAILED"
