@@ -32,6 +32,8 @@ SCORES = WEIGHTS / "reference_scores.json"
 REFERENCE_IMAGES = 300
 # run name -> (dataset source, prepared dataset folder that benchmarks/results.sh writes)
 RUNS = {
+    "mnist_pixelcnn": ("binarized_mnist", "data/results/binarized-mnist"),
+    "mnist_row_lstm": ("binarized_mnist", "data/results/binarized-mnist"),
     "mnist_diagonal_bilstm": ("binarized_mnist", "data/results/binarized-mnist"),
     "cifar10_pixelcnn": ("cifar10", "data/results/cifar10"),
     "cifar10_row_lstm": ("cifar10", "data/results/cifar10"),

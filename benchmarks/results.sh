@@ -1,22 +1,23 @@
 #!/usr/bin/env bash
 # Reproduce the Results (docs/results.md): the paper's comparison at small scale on 2 CPU cores.
 #
-#   benchmarks/results.sh [all|mnist|cifar10 [ARCH ...]]   (from the repository root; default: all)
+#   benchmarks/results.sh [all | mnist [ARCH ...] | cifar10 [ARCH ...]]   (default: all)
 #
-# Needs the real datasets in ../shared/data (or PIXELRNN_DATA_DIR): binarized_mnist/*.npz and
-# cifar-10-batches-bin/data_batch_{1..5}.bin. Every training run has one core (one Ray Train
-# worker) and the wall-clock budget of its config (`train.max_minutes`: 2 hours for MNIST, 3 for
-# each CIFAR-10 model); runs go two at a time, one per core, so `cifar10` takes about 6 hours
-# (3 runs on 2 cores) and `all` (MNIST too) about 6 hours. Each run's output goes to results/<run>.log.
-# Everything is logged to MLflow (results/mnist.db, results/cifar10.db); checkpoints go to results/runs/,
-# sample grids and compare tables to docs/results/. Runs are named, so a second call refuses to
-# overwrite them: delete results/ first, or continue a stopped run with
-# `pixelrnn train --config experiments/results/<run>.yaml --resume`.
+# From the repository root. Needs the real datasets in ../shared/data (or PIXELRNN_DATA_DIR):
+# binarized_mnist/*.npz and cifar-10-batches-bin/data_batch_{1..5}.bin. Every training run has one
+# core (one Ray Train worker) and the wall-clock budget of its config (`train.max_minutes`: 3 hours
+# each); runs go two at a time, one per core, so `mnist` or `cifar10` (3 runs each) takes about
+# 6 hours and `all` about 9. Each run's output is appended to results/<run>.log. Everything is
+# logged to MLflow (results/mnist.db, results/cifar10.db); checkpoints go to results/runs/, sample
+# grids and compare tables to docs/results/. Stopped part-way (a machine that goes away), the same
+# command continues every started run from its last checkpoint with the rest of its budget
+# (`--resume`); delete results/ to start over.
 set -euo pipefail
 
 DATA_DIR=${PIXELRNN_DATA_DIR:-../shared/data}
 PIXELRNN=${PIXELRNN:-.venv/bin/pixelrnn}
 CIFAR_ARCHS=(pixelcnn row_lstm diagonal_bilstm)
+MNIST_ARCHS=(diagonal_bilstm row_lstm pixelcnn)  # the first two run together, then the third
 
 die() { echo "results.sh: $*" >&2; exit 1; }
 [ -x "$PIXELRNN" ] || die "$PIXELRNN not found: run 'make install' first"
@@ -38,10 +39,14 @@ prepare_cifar10() {
 }
 
 # One training run (experiments/results/<run>.yaml), then its final sample grid, which is
-# saved with its last checkpoint, copied to docs/results/<run>.png.
+# saved with its last checkpoint, copied to docs/results/<run>.png. A run that has started
+# before (its folder holds a run record) is continued with --resume: from its last checkpoint,
+# with the rest of its budget, in the same MLflow run; one whose budget is spent ends at once.
 train_run() {
-  local run=$1 grid
-  "$PIXELRNN" train --config "experiments/results/$run.yaml" || die "$run: training failed"
+  local run=$1 grid resume=()
+  [ -f "results/runs/$run/pixelrnn_run.json" ] && resume=(--resume)
+  "$PIXELRNN" train --config "experiments/results/$run.yaml" "${resume[@]}" ||
+    die "$run: training failed"
   grid=$(find "results/runs/$run" -path "*/epoch_*/samples.png" | sort | tail -n 1)
   [ -n "$grid" ] || die "results/runs/$run: no sample grid in its checkpoints"
   cp "$grid" "docs/results/$run.png"
@@ -53,23 +58,34 @@ train_runs() {
     die "a training run failed: see the results/<run>.log files"
 }
 
-compare_mnist() {
-  "$PIXELRNN" compare --experiment results-binarized-mnist --metric val/nll_nats \
-    --tracking-uri sqlite:///results/mnist.db --out docs/results/mnist_curves.png |
-    tee docs/results/mnist_compare.txt
+# The compare table, and the validation curves against optimizer steps and against minutes of
+# training (wall clock): <dataset>_curves.png and <dataset>_curves_minutes.png.
+compare_runs() {
+  local dataset=$1 experiment=$2 metric=$3
+  local common=(--experiment "$experiment" --metric "$metric"
+    --tracking-uri "sqlite:///results/$dataset.db")
+  "$PIXELRNN" compare "${common[@]}" --x step --out "docs/results/${dataset}_curves.png" |
+    tee "docs/results/${dataset}_compare.txt"
+  "$PIXELRNN" compare "${common[@]}" --x minutes \
+    --out "docs/results/${dataset}_curves_minutes.png" > /dev/null
 }
 
-compare_cifar10() {
-  "$PIXELRNN" compare --experiment results-cifar10 --tracking-uri sqlite:///results/cifar10.db \
-    --out docs/results/cifar10_curves.png | tee docs/results/cifar10_compare.txt
-}
+compare_mnist() { compare_runs mnist results-binarized-mnist val/nll_nats; }
+compare_cifar10() { compare_runs cifar10 results-cifar10 val/bits_per_dim; }
 
 case "${1:-all}" in
   _run)
-    train_run "$2" > "results/$2.log" 2>&1
+    train_run "$2" >> "results/$2.log" 2>&1
     echo "results.sh: $2 done"
     ;;
-  mnist) prepare_mnist && train_runs mnist_diagonal_bilstm && compare_mnist ;;
+  mnist)
+    shift
+    archs=("$@")
+    [ ${#archs[@]} -gt 0 ] || archs=("${MNIST_ARCHS[@]}")
+    prepare_mnist
+    train_runs "${archs[@]/#/mnist_}"
+    compare_mnist
+    ;;
   cifar10)
     shift
     archs=("$@")
@@ -81,7 +97,7 @@ case "${1:-all}" in
   all)
     prepare_mnist
     prepare_cifar10
-    train_runs mnist_diagonal_bilstm "${CIFAR_ARCHS[@]/#/cifar10_}"
+    train_runs "${MNIST_ARCHS[@]/#/mnist_}" "${CIFAR_ARCHS[@]/#/cifar10_}"
     compare_mnist
     compare_cifar10
     ;;

@@ -1,8 +1,9 @@
 """Comparing runs from any MLflow store: which layer, depth, width and optimizer did best.
 
 One row per training run (a sweep's trials, an experiment's runs, or runs by id) with its best
-validation value, and a PNG of the validation curves against epochs, side by side with the best
-values. Reads through `tracking`; the figure is drawn with matplotlib's Agg canvas (no display).
+validation value, and a PNG of the validation curves against epochs, optimizer steps or minutes of
+training (wall clock), side by side with the best values. Reads through `tracking`; the figure is
+drawn with matplotlib's Agg canvas (no display).
 """
 
 from __future__ import annotations
@@ -21,11 +22,16 @@ logger = logging.getLogger(__name__)
 HEADERS = ("run", "layer", "depth", "hidden", "optimizer", "lr", "best {metric}", "epoch",
            "images/s", "status")  # fmt: skip
 STATUS = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed", "RUNNING": "running"}
+# The curves' x axes: epochs (steps / steps per epoch), optimizer steps, or the minutes of the
+# training loop at each report (`time/train_minutes`, which a resumed run carries on).
+X_AXES = {"epoch": "epoch", "step": "optimizer step", "minutes": "minutes of training (wall clock)"}
+MINUTES_METRIC = "time/train_minutes"
 
 
 @dataclass(frozen=True)
 class RunRow:
-    """One run in the comparison; `curve` holds (epoch, value) points of the metric."""
+    """One run in the comparison; `curve` holds (x, value) points of the metric, x on the axis
+    `collect` was asked for (`X_AXES`)."""
 
     run_id: str
     name: str
@@ -48,8 +54,12 @@ def collect(
     run_ids: tuple[str, ...] = (),
     parent_run_id: str | None = None,
     mode: str = "min",
+    x: str = "epoch",
 ) -> list[RunRow]:
     """The rows to compare, best first; sweep parent runs are not training runs and are left out.
+
+    `x` is the curves' axis, a key of `X_AXES`; against minutes, the points whose report carried
+    no `time/train_minutes` (runs logged before it existed) are left out.
 
     Raises:
         PixelRNNError: nothing matches, or the experiment / a run is not in the store.
@@ -59,17 +69,15 @@ def collect(
     if not runs:
         where = f"children of run {parent_run_id}" if parent_run_id else f"experiment {experiment}"
         raise PixelRNNError(f"no training runs to compare ({where} in {tracking_uri})")
-    rows = [_row(tracking_uri, run, metric, mode) for run in runs]
+    rows = [_row(tracking_uri, run, metric, mode, x) for run in runs]
     sign = 1 if mode == "min" else -1
     return sorted(rows, key=lambda row: (math.isnan(row.best), sign * row.best, row.name))
 
 
-def _row(tracking_uri: str, run: tracking.RunSummary, metric: str, mode: str) -> RunRow:
+def _row(tracking_uri: str, run: tracking.RunSummary, metric: str, mode: str, x: str) -> RunRow:
     tracker = tracking.RunTracker(tracking_uri, run.run_id)
     history = tracker.metric_history(metric)
-    steps_per_epoch = float(run.params.get("derived.steps_per_epoch", 0) or 0)
-    curve = [(step / steps_per_epoch if steps_per_epoch else float(step), value)
-             for step, value in history]  # fmt: skip
+    curve = _curve(tracker, run, history, x)
     # The best of the epoch-end reports (the ones with a checkpoint, scored on the whole
     # validation split): interim reports (`train.report_every_steps`) carry no "epoch" and may
     # score a subset (`train.interim_val_batches`), so they are drawn but not ranked.
@@ -89,6 +97,18 @@ def _row(tracking_uri: str, run: tracking.RunSummary, metric: str, mode: str) ->
         images_per_s=statistics.median(throughput) if throughput else float("nan"),
         status=status, curve=curve,
     )  # fmt: skip
+
+
+def _curve(tracker, run: tracking.RunSummary, history: list, x: str) -> list[tuple[float, float]]:
+    """(x, value) points of one run's `history` of (step, value)."""
+    if x == "step":
+        return [(float(step), value) for step, value in history]
+    if x == "minutes":
+        minutes = dict(tracker.metric_history(MINUTES_METRIC))  # step -> minutes, last wins
+        return [(minutes[step], value) for step, value in history if step in minutes]
+    steps_per_epoch = float(run.params.get("derived.steps_per_epoch", 0) or 0)
+    return [(step / steps_per_epoch if steps_per_epoch else float(step), value)
+            for step, value in history]  # fmt: skip
 
 
 def _short(number: str) -> str:
@@ -117,8 +137,9 @@ def _number(value: float, digits: int) -> str:
     return "-" if math.isnan(value) else f"{value:.{digits}f}"
 
 
-def plot_curves(rows: list[RunRow], metric: str, path: Path) -> Path:
-    """Validation curves of every run (left) beside each run's best value (right), as a PNG."""
+def plot_curves(rows: list[RunRow], metric: str, path: Path, x: str = "epoch") -> Path:
+    """Validation curves of every run (left, against `x`) beside each run's best value (right),
+    as a PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -131,7 +152,7 @@ def plot_curves(rows: list[RunRow], metric: str, path: Path) -> Path:
             curves.plot(epochs, values, marker="o", markersize=3, color=f"C{index % 10}",
                         label=f"{row.name}: {row.layer} {row.depth}x{row.hidden}, "
                               f"{row.optimizer} lr {row.lr}")  # fmt: skip
-    curves.set(xlabel="epoch", ylabel=metric, title=f"{metric} during training")
+    curves.set(xlabel=X_AXES[x], ylabel=metric, title=f"{metric} during training")
     curves.grid(alpha=0.3)
     if any(row.curve for row in rows):
         curves.legend(fontsize=8, loc="upper right")
@@ -157,14 +178,16 @@ def compare(
     experiment: str | None = None,
     run_ids: tuple[str, ...] = (),
     parent_run_id: str | None = None,
+    x: str = "epoch",
 ) -> tuple[list[RunRow], str, Path]:
-    """Collect, tabulate and plot; the PNG is logged to the parent run when one is given.
+    """Collect, tabulate and plot (curves against `x`, a key of `X_AXES`); the PNG is logged to
+    the parent run when one is given.
 
     Returns:
         (rows, table text, PNG path).
     """
-    rows = collect(tracking_uri, metric, experiment, run_ids, parent_run_id)
-    png = plot_curves(rows, metric, out)
+    rows = collect(tracking_uri, metric, experiment, run_ids, parent_run_id, x=x)
+    png = plot_curves(rows, metric, out, x)
     if parent_run_id:
         tracking.RunTracker(tracking_uri, parent_run_id).log_artifact(png, "compare")
         logger.info("logged %s to run %s", png.name, parent_run_id)

@@ -1,5 +1,5 @@
-"""`pixelrnn compare [--experiment NAME | --runs ID ... | --parent ID] [--metric KEY]`; with no
-selection, the experiment whose run started last."""
+"""`pixelrnn compare [--experiment NAME | --runs ID ... | --parent ID] [--metric KEY]
+[--x epoch|step|minutes]`; with no selection, the experiment whose run started last."""
 
 from __future__ import annotations
 
@@ -31,6 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--metric", default="val/bits_per_dim", help="metric to compare (lower "
                         "is better)")  # fmt: skip
     parser.add_argument(
+        "--x", choices=("epoch", "step", "minutes"), default="epoch",
+        help="the curves' x axis: epochs, optimizer steps, or minutes of training (wall clock, "
+        "as the runs' time/train_minutes counts it; default: epoch)",
+    )  # fmt: skip
+    parser.add_argument(
         "--tracking-uri",
         default="",
         help="MLflow store (default: MLFLOW_TRACKING_URI, else ./mlflow.db)",
@@ -50,7 +55,7 @@ def run(args: argparse.Namespace) -> str:
     if not (experiment or args.runs or args.parent):
         experiment = tracking.latest_experiment(uri)
     rows, table, png = compare.compare(
-        uri, args.metric, args.out, experiment, tuple(args.runs or ()), args.parent
+        uri, args.metric, args.out, experiment, tuple(args.runs or ()), args.parent, args.x
     )
     logged = f" (logged to run {args.parent})" if args.parent else ""
     which = "" if args.experiment or args.runs or args.parent else f"experiment {experiment}: "

@@ -117,6 +117,32 @@ def test_best_ranks_epoch_end_reports_only_but_the_curve_keeps_interim_points(tm
     assert row.curve == [(0.5, 4.40), (1.0, 4.53), (1.5, 4.45), (2.0, 4.50)]
 
 
+def test_curves_go_against_epochs_steps_or_training_minutes(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = merge([{"tracking.tracking_uri": uri, "tracking.experiment_name": "axes"}])
+    run = tracking.start_run(cfg, "timed", {}, {"steps_per_epoch": 10})
+    run.log_metrics({"val/nll_nats": 90.0}, step=4)  # a report from before time was logged
+    run.log_metrics({"val/nll_nats": 85.0, "time/train_minutes": 2.5}, step=5)
+    run.log_metrics({"val/nll_nats": 83.0, "time/train_minutes": 4.75, "epoch": 1}, step=10)
+    run.finish("FINISHED")
+    curves = {x: collect(uri, "val/nll_nats", experiment="axes", x=x)[0].curve
+              for x in ("epoch", "step", "minutes")}  # fmt: skip
+    assert curves == {
+        "epoch": [(0.4, 90.0), (0.5, 85.0), (1.0, 83.0)],
+        "step": [(4.0, 90.0), (5.0, 85.0), (10.0, 83.0)],
+        "minutes": [(2.5, 85.0), (4.75, 83.0)],
+    }
+    png = tmp_path / "minutes.png"
+    argv = ["compare", "--tracking-uri", uri, "--metric", "val/nll_nats", "--x", "minutes",
+            "--out", str(png)]  # fmt: skip
+    assert main(argv) == 0
+    assert "83.0000" in capsys.readouterr().out and png.stat().st_size > 10_000
+    with pytest.raises(SystemExit) as exit_info:  # argparse's usage error
+        main([*argv[:-4], "--x", "hours"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'hours'" in capsys.readouterr().err
+
+
 def test_compare_without_a_selection_takes_the_experiment_of_the_latest_run(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     out = ["--tracking-uri", uri, "--out", str(tmp_path / "c.png")]
