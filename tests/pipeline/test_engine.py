@@ -184,9 +184,11 @@ def test_precision_auto_means_bf16_on_gpu_only_and_bf16_needs_native_support():
     assert use_bf16("bf16", cpu) is native_bf16(cpu)
 
 
-def _uneven_rank(rank: int, init_file: str, pixels, state, results) -> None:
+def _uneven_rank(rank: int, init_file: str, pixels, state, out: str) -> None:
     """One of 2 gloo DDP ranks: rank 0 trains on 3 of the 5 images, rank 1 on the other 2, once
-    weighted by share (global_batch=5) and once not (0); rank 0 sends both gradients."""
+    weighted by share (global_batch=5) and once not (0); rank 0 saves both gradients to `out`
+    (a file: tensors sent through a queue are shared by file descriptors, which a child that has
+    exited can no longer hand over)."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
@@ -204,7 +206,7 @@ def _uneven_rank(rank: int, init_file: str, pixels, state, results) -> None:
                        global_batch=global_batch)  # fmt: skip
             grads[global_batch] = {name: p.grad.clone() for name, p in model.named_parameters()}
         if rank == 0:
-            results.put(grads)
+            torch.save(grads, out)
     finally:
         dist.destroy_process_group()
 
@@ -218,16 +220,16 @@ def test_uneven_shares_weighted_by_size_give_the_global_batch_gradient(model, tm
 
     # spawn, not fork: a forked child cannot run backward once the parent's autograd has threads
     context = torch.multiprocessing.get_context("spawn")
-    results = context.Queue()
+    out = tmp_path / "grads.pt"
     ranks = [context.Process(target=_uneven_rank,
-                             args=(rank, str(tmp_path / "init"), pixels, state, results))
+                             args=(rank, str(tmp_path / "init"), pixels, state, str(out)))
              for rank in range(2)]  # fmt: skip
     for process in ranks:
         process.start()
-    grads = results.get(timeout=120)
     for process in ranks:
-        process.join(timeout=60)
+        process.join(timeout=180)
         assert process.exitcode == 0
+    grads = torch.load(out)
     for name, grad in want.items():
         torch.testing.assert_close(grads[5][name], grad, rtol=1e-5, atol=1e-7, msg=name)
     unweighted = grads[0]  # each rank's mean weighs 1/2: a mean of the means, not the batch's
