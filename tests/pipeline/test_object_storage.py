@@ -29,6 +29,7 @@ from train_support import (
     TRAIN_IMAGES,
     VAL_IMAGES,
     end_processes_under,
+    latest_checkpoint,
     reference_run,
     tiny_overrides,
 )
@@ -138,9 +139,7 @@ def test_train_killed_mid_epoch_on_2_workers_resumed_on_1_ends_as_the_uninterrup
     first = lab.driver("train", "--config", config, log="train-first.log")
 
     def inside_epoch_1() -> bool:  # 8 steps of 8 images per epoch; killed after step 2 or later
-        snapshot = lab.text("runs/resume/checkpoint_manager_snapshot.json")
-        latest = json.loads(snapshot or "{}").get("latest_checkpoint_result") or {}
-        name = latest.get("checkpoint_dir_name", "")
+        name = latest_checkpoint(f"{lab.bucket}/runs/resume")
         return name.startswith("epoch_0001_sample_") and int(name[-8:]) >= 16
 
     try:

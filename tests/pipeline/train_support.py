@@ -42,11 +42,19 @@ def tiny_config(data: Path, work: Path, **extra: Any) -> ExperimentConfig:
     return merge([tiny_overrides(data, work, **extra)])
 
 
-def latest_checkpoint(run_dir: Path) -> str:
-    """Name of the latest checkpoint Ray Train registered for a run ("" before the first)."""
+def latest_checkpoint(run_dir: Path | str) -> str:
+    """Name of the latest checkpoint Ray Train registered for a run ("" before the first).
+
+    `run_dir` is a local folder or an object-store location. Ray replaces the snapshot while a
+    run goes on, and a reader of an object store can catch a replacement mid-read (seen with the
+    S3 test server: one version's bytes followed by another's), so an unparsable snapshot reads
+    as "no checkpoint yet" and the caller polls again.
+    """
+    from pipeline import storage
+
     try:
-        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
-    except (OSError, ValueError):  # not written yet, or caught half-written
+        snapshot = json.loads(storage.read_text(f"{run_dir}/checkpoint_manager_snapshot.json"))
+    except (OSError, ValueError):  # not written yet, or caught mid-replacement
         return ""
     return (snapshot.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name", "")
 
