@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduce the Results (docs/results.md): the paper's comparison at small scale on 2 CPU cores.
 #
-#   benchmarks/results.sh [all | mnist [ARCH ...] | cifar10 [ARCH ...]]   (default: all)
+#   benchmarks/results.sh [all | mnist [ARCH ...] | cifar10 [ARCH ...] | save | restore]
+#   (default: all)
 #
 # From the repository root. Needs the real datasets in ../shared/data (or PIXELRNN_DATA_DIR):
 # binarized_mnist/*.npz and cifar-10-batches-bin/data_batch_{1..5}.bin. Every training run has one
@@ -12,12 +13,22 @@
 # grids and compare tables to docs/results/. Stopped part-way (a machine that goes away), the same
 # command continues every started run from its last checkpoint with the rest of its budget
 # (`--resume`); delete results/ to start over.
+#
+# Across machines: results/ is not in git. `save` packs it (run folders with their checkpoints,
+# the MLflow stores, the logs; not the prepared data) into results-state/results.tar.xz, a file
+# to commit; on a fresh checkout the training targets unpack it first (`restore` does only that)
+# and go on. The run records hold absolute paths: restore into a checkout at the same path.
+# Stop the training runs (and wait for them to exit) before `save`: a run loses at most the
+# minutes since its last checkpoint (`train.checkpoint_every_minutes`), which its budget does not
+# count.
 set -euo pipefail
 
 DATA_DIR=${PIXELRNN_DATA_DIR:-../shared/data}
 PIXELRNN=${PIXELRNN:-.venv/bin/pixelrnn}
 CIFAR_ARCHS=(pixelcnn row_lstm diagonal_bilstm)
 MNIST_ARCHS=(diagonal_bilstm row_lstm pixelcnn)  # the first two run together, then the third
+
+STATE=results-state/results.tar.xz
 
 die() { echo "results.sh: $*" >&2; exit 1; }
 [ -x "$PIXELRNN" ] || die "$PIXELRNN not found: run 'make install' first"
@@ -36,6 +47,26 @@ prepare_cifar10() {
   [ -f data/results/cifar10/manifest.json ] ||
     "$PIXELRNN" prepare cifar10 --input "$input" --output data/results/cifar10 \
       --split val=data_batch_5.bin
+}
+
+# results/ into $STATE, written beside and renamed into place, so a failed save leaves the last.
+save_state() {
+  [ -d results/runs ] || die "results/runs does not exist: nothing to save"
+  if pgrep -f "experiments/results/.*\.yaml" > /dev/null; then
+    die "training runs of experiments/results/ are going: stop them before saving"
+  fi
+  mkdir -p "$(dirname "$STATE")"
+  tar -cJf "$STATE.partial" results
+  mv "$STATE.partial" "$STATE"
+  echo "results.sh: saved results/ into $STATE ($(du -h "$STATE" | cut -f1)): commit it"
+}
+
+# On a checkout without results/runs, unpack the saved state (when there is one).
+restore_state() {
+  if [ ! -d results/runs ] && [ -f "$STATE" ]; then
+    tar -xJf "$STATE" --skip-old-files
+    echo "results.sh: restored results/ from $STATE"
+  fi
 }
 
 # One training run (experiments/results/<run>.yaml), then its final sample grid, which is
@@ -78,7 +109,10 @@ case "${1:-all}" in
     train_run "$2" >> "results/$2.log" 2>&1
     echo "results.sh: $2 done"
     ;;
+  save) save_state ;;
+  restore) restore_state ;;
   mnist)
+    restore_state
     shift
     archs=("$@")
     [ ${#archs[@]} -gt 0 ] || archs=("${MNIST_ARCHS[@]}")
@@ -87,6 +121,7 @@ case "${1:-all}" in
     compare_mnist
     ;;
   cifar10)
+    restore_state
     shift
     archs=("$@")
     [ ${#archs[@]} -gt 0 ] || archs=("${CIFAR_ARCHS[@]}")
@@ -95,11 +130,12 @@ case "${1:-all}" in
     compare_cifar10
     ;;
   all)
+    restore_state
     prepare_mnist
     prepare_cifar10
     train_runs "${MNIST_ARCHS[@]/#/mnist_}" "${CIFAR_ARCHS[@]/#/cifar10_}"
     compare_mnist
     compare_cifar10
     ;;
-  *) die "unknown target '$1' (expected all, mnist or cifar10)" ;;
+  *) die "unknown target '$1' (expected all, mnist, cifar10, save or restore)" ;;
 esac
