@@ -51,10 +51,11 @@ def latest_checkpoint(run_dir: Path | str) -> str:
     as "no checkpoint yet" and the caller polls again.
     """
     from pipeline import storage
+    from pipeline.errors import PixelRNNError
 
     try:
         snapshot = json.loads(storage.read_text(f"{run_dir}/checkpoint_manager_snapshot.json"))
-    except (OSError, ValueError):  # not written yet, or caught mid-replacement
+    except (OSError, ValueError, PixelRNNError):  # not yet, mid-replacement, unreachable
         return ""
     return (snapshot.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name", "")
 
