@@ -105,8 +105,9 @@ compare_mnist() { compare_runs mnist results-binarized-mnist val/nll_nats; }
 compare_cifar10() { compare_runs cifar10 results-cifar10 val/bits_per_dim; }
 
 case "${1:-all}" in
-  _run)
-    train_run "$2" >> "results/$2.log" 2>&1
+  _run)  # exit status 255 makes xargs start no further run: a stopped run stops the queue
+    (train_run "$2") >> "results/$2.log" 2>&1 ||
+      { echo "results.sh: $2 stopped or failed: see results/$2.log" >&2; exit 255; }
     echo "results.sh: $2 done"
     ;;
   save) save_state ;;
