@@ -224,10 +224,10 @@ def best_experiment_text(experiment: dict[str, Any], header: list[str]) -> str:
 def settle_stopped_trials(record: SweepRecord) -> list[tracking.RunSummary]:
     """The sweep's child runs, with trials ASHA stopped marked KILLED (not FAILED).
 
-    Killing a stopped trial can make its `run_training` see a dead actor and end its run FAILED
-    (or overwrite its failure message) after or while `SweepCallback` ended it KILLED. The trial
-    puts the verdict back itself (`keep_stop_verdict`); this is the last word for a trial process
-    killed before it could.
+    A stopped trial's `run_training` sees its Train run killed by the stop's teardown (an
+    `ActorDiedError`, traced after `SweepCallback` ended the run KILLED) and leaves the run alone
+    when Tune's session is gone (`tune._stopped_by_tune`); a run that ended FAILED or with another
+    message anyway is put back here, after the sweep, and by the trial (`keep_stop_verdict`).
     """
     trials = tracking.find_runs(record.tracking_uri, parent_run_id=record.parent_run_id)
     for index, run in enumerate(trials):

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import ray.train
@@ -444,11 +445,18 @@ def _log_missed_epoch(record: runs.RunRecord, tracker: tracking.RunTracker) -> N
 
 
 def run_training(
-    cfg: ExperimentConfig, resume: bool = False, callbacks=(), tags: dict[str, str] | None = None
+    cfg: ExperimentConfig,
+    resume: bool = False,
+    callbacks=(),
+    tags: dict[str, str] | None = None,
+    stopped_from_outside: Callable[[], bool] = lambda: False,
 ) -> runs.TrainingSummary:
     """Train (or, with `resume`, continue) a run end to end; the driver side of the job.
 
-    A Tune trial passes `callbacks` for the trainer and `tags` for its MLflow run (sweep ids).
+    A Tune trial passes `callbacks` for the trainer, `tags` for its MLflow run (sweep ids) and
+    `stopped_from_outside`: true once Tune has stopped the trial, whose teardown then kills the
+    trainer (an error here). Such an error does not end the run FAILED: the sweep driver, which
+    stopped the trial, ends it.
 
     Raises:
         ConfigError: the config does not fit the dataset, its workers do not fit the cluster
@@ -478,7 +486,12 @@ def run_training(
             ),
         ):
             result = trainer.fit()
-    except ray.train.TrainingFailedError as error:
+    except Exception as error:
+        if stopped_from_outside():  # the sweep driver ends this run
+            raise
+        if not isinstance(error, ray.train.TrainingFailedError):
+            tracker.finish("FAILED", repr(error))
+            raise
         tracker.finish("FAILED", str(error))
         first_line = (str(error).strip() or repr(error)).splitlines()[0]
         raise PixelRNNError(
@@ -487,9 +500,6 @@ def run_training(
         ) from error
     except KeyboardInterrupt:
         tracker.finish("KILLED", "interrupted")
-        raise
-    except Exception as error:
-        tracker.finish("FAILED", repr(error))
         raise
     return _finish(cfg, result, record, tracker, dataset.manifest)
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import ray
 import ray.tune
+from ray.train._internal.session import get_session  # Tune's trial session (see _stopped_by_tune)
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
@@ -111,13 +112,25 @@ def run_trial(params: dict[str, Any], sweep: dict[str, Any]) -> None:
     tags = {"mlflow.parentRunId": record.parent_run_id, "pixelrnn.sweep": record.name,
             "pixelrnn.trial_id": trial_id, "pixelrnn.space": record.space}  # fmt: skip
     try:
-        train.run_training(cfg, resume=started, callbacks=[MeasuredReportCallback()], tags=tags)
-    finally:  # also when the stop's teardown fails `run_training` or exits this thread
+        train.run_training(cfg, resume=started, callbacks=[MeasuredReportCallback()], tags=tags,
+                           stopped_from_outside=_stopped_by_tune)  # fmt: skip
+    finally:  # also when the stop's teardown exits this thread
         _keep_stop_verdict(run_dir)
 
 
+def _stopped_by_tune() -> bool:
+    """True once Tune has stopped this trial (ASHA, or the sweep's end).
+
+    Tune's stop shuts the trial's session down and then ends its process, which kills the Train
+    run under `run_training`: an error from `trainer.fit` seen with no session is that teardown,
+    not a failure. (Ray's own `TuneReportCallback` reads the session the same way.)
+    """
+    return get_session() is None
+
+
 def _keep_stop_verdict(run_dir: str) -> None:
-    """A trial the driver stopped keeps its KILLED run (`sweeps.keep_stop_verdict`)."""
+    """A trial the driver stopped keeps its KILLED run (`sweeps.keep_stop_verdict`): a check
+    after `run_training`, which leaves a stopped trial's run to the driver."""
     try:
         if storage.is_file(storage.join(run_dir, runs.RECORD_FILE)):
             run = runs.RunRecord.load(run_dir)
@@ -157,9 +170,9 @@ class EpochASHA(ASHAScheduler):
 class SweepCallback(ray.tune.Callback):
     """Driver side: one log line per trial event, and the MLflow run of a stopped trial ended.
 
-    A trial ASHA stops has its process killed, so its child run would stay RUNNING (or, if the
-    kill interrupts `run_training`, end FAILED: the trial's `_keep_stop_verdict` and then
-    `sweeps.settle_stopped_trials` correct it). The run is tagged before it is ended.
+    A trial ASHA stops has its process ended, and its `run_training` leaves the child run
+    RUNNING (`_stopped_by_tune`): this callback tags it and ends it KILLED.
+    `sweeps.settle_stopped_trials` checks every stopped trial's run again after the sweep.
     """
 
     def __init__(self, train_root: str, metric: str):

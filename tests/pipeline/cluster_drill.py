@@ -28,22 +28,10 @@ import threading
 import time
 from pathlib import Path
 
+from train_support import latest_checkpoint  # tests/ is on PYTHONPATH (test_multinode)
+
 NODE = {"num_cpus": 2, "resources": {"accel": 1}, "object_store_memory": 100 * 1024**2}
 WAIT_S = 400
-
-
-def latest_checkpoint(run_dir: str) -> str:
-    from pipeline import storage
-    from pipeline.errors import PixelRNNError
-
-    # This script runs on its own (tests/ is not on its path), so it keeps its own copy of
-    # train_support.latest_checkpoint: a snapshot not written yet, or caught mid-replacement,
-    # reads as no checkpoint yet.
-    try:
-        snapshot = json.loads(storage.read_text(f"{run_dir}/checkpoint_manager_snapshot.json"))
-    except (OSError, ValueError, PixelRNNError):
-        return ""
-    return (snapshot.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name", "")
 
 
 def wait_until(condition, timeout_s: float = WAIT_S) -> bool:

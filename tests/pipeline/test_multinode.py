@@ -56,10 +56,11 @@ def test_elastic_run_shrinks_when_a_node_is_lost_mid_epoch_and_grows_back(
     config = tmp_path / "drill.json"
     config.write_text(json.dumps(overrides))
     temp_dir = str(short_dir("m"))  # Ray's socket paths under it stay short
+    # tests/ on the drill's path: it imports train_support
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(DRILL.parents[1])}
     try:
         drill = subprocess.run([sys.executable, str(DRILL), str(config), temp_dir], cwd=tmp_path,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True,
-                               text=True, timeout=600)  # fmt: skip
+                               env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     finally:
         end_processes_under(Path(temp_dir))  # a safety net: the drill shuts its cluster down
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -13,12 +13,15 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 from ray import tune
+from ray.exceptions import ActorDiedError
 from train_support import prepare_tiny_dataset, tiny_config
 
 import tune_spaces
+from pipeline import train
 from pipeline.cli.main import main
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
+from pipeline.runs import RunRecord
 from pipeline.sweeps import STOPPED_EARLY_TAG
 from pipeline.tune import run_sweep
 
@@ -123,3 +126,26 @@ def test_a_sweep_that_cannot_fit_the_cluster_fails_before_starting(sweep):
     message = str(info.value)
     assert "one trial needs 5 CPUs" in message and "the Ray cluster has 4" in message
     assert not (work / "runs" / "too-big").exists()
+
+
+@pytest.mark.parametrize("stopped", [True, False], ids=["stopped-by-tune", "failed-itself"])
+def test_a_trainer_killed_by_the_trials_stop_leaves_the_run_to_the_driver(
+    sweep, tmp_path, monkeypatch, stopped
+):
+    # A stopped trial's process ends under `run_training`, whose trainer then raises the
+    # ActorDiedError traced in real sweeps. With Tune's session gone (`stopped_from_outside`) the
+    # run is left RUNNING for the driver, which ends it KILLED; an error of its own ends it FAILED.
+    cfg = sweep[0]
+    dying = tiny_config(Path(cfg.data.path), tmp_path, **{**SWEEP, "train.run_name": "dying"})
+
+    class DyingTrainer:
+        def fit(self):
+            raise ActorDiedError()
+
+    monkeypatch.setattr(train, "build_trainer", lambda *args, **kwargs: DyingTrainer())
+    with pytest.raises(ActorDiedError):
+        train.run_training(dying, stopped_from_outside=lambda: stopped)
+    record = RunRecord.load(str(tmp_path / "runs" / "dying"))
+    run = MlflowClient(record.tracking_uri).get_run(record.mlflow_run_id)
+    assert run.info.status == ("RUNNING" if stopped else "FAILED")
+    assert ("pixelrnn.failure" in run.data.tags) is not stopped
