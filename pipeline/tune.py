@@ -13,13 +13,13 @@ import logging
 import math
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray
 import ray.tune
-from ray.train._internal.session import get_session  # Tune's trial session (see _stopped_by_tune)
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
@@ -122,10 +122,12 @@ def _stopped_by_tune() -> bool:
     """True once Tune has stopped this trial (ASHA, or the sweep's end).
 
     Tune's stop shuts the trial's session down and then ends its process, which kills the Train
-    run under `run_training`: an error from `trainer.fit` seen with no session is that teardown,
-    not a failure. (Ray's own `TuneReportCallback` reads the session the same way.)
+    run under `run_training`: an error from `trainer.fit` seen with no session (the context then
+    has no trial id) is that teardown, not a failure.
     """
-    return get_session() is None
+    with warnings.catch_warnings():  # Ray warns that there is no session: that is the answer
+        warnings.simplefilter("ignore")
+        return ray.tune.get_context().get_trial_id() is None
 
 
 def _keep_stop_verdict(run_dir: str) -> None:
