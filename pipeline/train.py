@@ -463,6 +463,7 @@ def run_training(
             however far it grows, or `--resume` finds nothing to resume.
         NonFiniteLossError: the loss diverged; the last good checkpoint is named.
         PixelRNNError: training failed after `scaling.max_failures` restarts.
+        KeyboardInterrupt: Ctrl-C; the run ends KILLED and `--resume` continues it.
     """
     dataset = data.open_prepared(storage.normalize(cfg.data.path), verify_checksums=cfg.data.verify)
     data.warn_if_unshuffled(dataset)
@@ -498,8 +499,13 @@ def run_training(
             f"training failed: {first_line}; continue from the last checkpoint with "
             f"--resume --set train.run_name={record.name}"
         ) from error
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit) as stop:
+        # Ctrl-C: Ray's handler (main thread only) aborts the controller, then calls sys.exit.
+        if stopped_from_outside():
+            raise
         tracker.finish("KILLED", "interrupted")
+        if isinstance(stop, SystemExit):
+            raise KeyboardInterrupt from stop  # the command line says "interrupted", exits 130
         raise
     return _finish(cfg, result, record, tracker, dataset.manifest)
 
