@@ -77,7 +77,7 @@ train_run() {
   local run=$1 grid resume=()
   [ -f "results/runs/$run/pixelrnn_run.json" ] && resume=(--resume)
   "$PIXELRNN" train --config "experiments/results/$run.yaml" "${resume[@]}" ||
-    die "$run: training failed"
+    die "$run: training stopped or failed"
   grid=$(find "results/runs/$run" -path "*/epoch_*/samples.png" | sort | tail -n 1)
   [ -n "$grid" ] || die "results/runs/$run: no sample grid in its checkpoints"
   cp "$grid" "docs/results/$run.png"
