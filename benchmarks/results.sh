@@ -11,9 +11,9 @@
 # (3 runs) takes about 6 hours, `cifar10` about 8 and `all` about 11. Each run's output is
 # appended to results/<run>.log. Everything is logged to MLflow (results/mnist.db,
 # results/cifar10.db); checkpoints go to results/runs/, sample grids and compare tables to
-# docs/results/. Stopped part-way (a machine that goes away), the same
-# command continues every started run from its last checkpoint with the rest of its budget
-# (`--resume`); delete results/ to start over.
+# docs/results/. Stopped part-way (a machine that goes away), the same command continues every
+# started run from its last checkpoint with the rest of its budget (`--resume`); delete results/
+# to start over.
 #
 # Across machines: results/ is not in git. `save` packs it (run folders with their checkpoints,
 # the MLflow stores, the logs; not the prepared data) into results-state/results.tar.xz, a file
