@@ -15,3 +15,7 @@ class ConfigError(PixelRNNError):
 
 class DataError(PixelRNNError):
     """A missing, corrupt or mis-shaped dataset file."""
+
+
+class ClusterError(PixelRNNError):
+    """A Ray cluster that cannot be reached at its address, or a local one that did not start."""

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ import ray.util
 import yaml
 
 from pipeline import capacity
-from pipeline.errors import ConfigError
+from pipeline.errors import ClusterError, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ QUIET_ENV = {
     # Ray Data logs every dataset execution (each epoch and validation) at INFO.
     "RAY_DATA_LOG_LEVEL": "WARNING",
 }
+# Where a cluster address comes from, for errors; how long a TCP connect to it may take.
+ADDRESS_SOURCE = "(scaling.ray_address or RAY_ADDRESS)"
+REACH_TIMEOUT_S = 10.0
 
 
 def export_quiet_env() -> dict[str, str]:
@@ -83,6 +87,10 @@ def connect(
         num_cpus: logical CPUs of a new local cluster (None: cores + 2).
         object_store_memory: bytes for a new local cluster's object store.
         temp_dir: Ray's session folder for a new local cluster (keep it short: socket paths).
+
+    Raises:
+        ClusterError: nothing answers at `address` (Ray itself would keep retrying), Ray
+            finds no cluster for "auto", or a new local cluster did not come up in time.
     """
     if ray.is_initialized():
         return
@@ -91,25 +99,69 @@ def connect(
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         logger.info("connecting to the Ray cluster at %s", address)
+        check_reachable(address)
         taken = _job_env_var_names()
         runtime_env["env_vars"] = {k: v for k, v in env_vars.items() if k not in taken}
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        try:
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        except ConnectionError as error:  # "auto" with no cluster; a ray:// server that is gone
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ClusterError(f"Ray cluster at {address} {ADDRESS_SOURCE}: {reason}") from None
         return
     num_cpus = num_cpus or (os.cpu_count() or 1) + 2
     runtime_env["worker_process_setup_hook"] = "pipeline.ray_runtime.pin_cluster_address"
     logger.info("starting a local Ray cluster with %d logical CPUs", num_cpus)
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        object_store_memory=object_store_memory,
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        runtime_env=runtime_env,
-        _temp_dir=temp_dir,
-    )
+    try:
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            object_store_memory=object_store_memory,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            runtime_env=runtime_env,
+            _temp_dir=temp_dir,
+        )
+    except Exception as error:  # Ray raises a bare Exception when its raylet is slow to register
+        if "timed out during startup" not in str(error):
+            raise
+        raise ClusterError(
+            "a new local Ray cluster did not start: its raylet did not register within Ray's"
+            " 30 s (a machine too busy?); try again, or start one with `ray start --head` and"
+            " set RAY_ADDRESS=auto"
+        ) from None
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
+
+
+def check_reachable(address: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
+    """Fail fast when nothing listens at a "host:port" cluster address.
+
+    Ray's own connect keeps retrying an address that does not answer (still after 8 minutes when
+    tried here), logging a warning every few seconds. Ray reads a loopback host as this node's
+    IP address, so either may answer for it. "auto" and "ray://" client addresses are left to
+    `ray.init`, which fails by itself.
+
+    Raises:
+        ClusterError: naming the address, when it is malformed or a TCP connection to it fails
+            within `timeout_s`.
+    """
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")  # an IPv6 literal, "[::1]:6379"
+    if not host or not port.isdigit():
+        raise ClusterError(f"Ray cluster address {address!r} {ADDRESS_SOURCE}: not host:port")
+    hosts = [host]
+    if host in ("localhost", "127.0.0.1", "::1"):
+        hosts.append(ray.util.get_node_ip_address())
+    for candidate in hosts:
+        try:
+            socket.create_connection((candidate, int(port)), timeout=timeout_s).close()
+            return
+        except OSError as error:
+            reason = error.strerror or str(error) or type(error).__name__
+    raise ClusterError(f"Ray cluster at {address} {ADDRESS_SOURCE}: {reason}")
 
 
 WAIT_LOG_EVERY_S = 30.0
