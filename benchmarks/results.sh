@@ -7,8 +7,9 @@
 # From the repository root. Needs the real datasets in ../shared/data (or PIXELRNN_DATA_DIR):
 # binarized_mnist/*.npz and cifar-10-batches-bin/data_batch_{1..5}.bin. Every training run has one
 # core (one Ray Train worker) and the wall-clock budget of its config (`train.max_minutes`: 3 hours
-# for each MNIST run, 4 for each CIFAR-10 run); runs go two at a time, one per core, so `mnist`
-# (3 runs) takes about 6 hours, `cifar10` about 8 and `all` about 11. Each run's output is
+# for each MNIST run; 4 for the CIFAR-10 PixelCNN, 5 for its Row LSTM and Diagonal BiLSTM); runs
+# go two at a time, one per core, so `mnist` (3 runs) takes about 6 hours, `cifar10` about 9 and
+# `all` about 12. Each run's output is
 # appended to results/<run>.log. Everything is logged to MLflow (results/mnist.db,
 # results/cifar10.db); checkpoints go to results/runs/, sample grids and compare tables to
 # docs/results/. Stopped part-way (a machine that goes away), the same command continues every
