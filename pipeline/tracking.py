@@ -288,10 +288,19 @@ def start_run(
 
 
 def reopen_run(tracking_uri: str, run_id: str) -> RunTracker:
-    """Continue an existing run (after `--resume`): it is marked RUNNING again."""
+    """Continue an existing run (after `--resume`): it is marked RUNNING again.
+
+    The failure message of the segment that stopped (`pixelrnn.failure`, e.g. "interrupted")
+    moves to `pixelrnn.previous_failure`, so that a resumed run that then finishes does not
+    show as failed; a new failure sets `pixelrnn.failure` again.
+    """
     tracker = RunTracker(tracking_uri, run_id)
+    failure = tracker.tag("pixelrnn.failure")
     tracker.client.update_run(run_id, status="RUNNING")
     tracker.set_tags({"pixelrnn.resumed": "true"})
+    if failure:
+        tracker.set_tags({"pixelrnn.previous_failure": failure})
+        tracker.client.delete_tag(run_id, "pixelrnn.failure")
     logger.info("continuing MLflow run %s in %s", run_id, tracking_uri)
     return tracker
 

@@ -1,5 +1,6 @@
 """Ctrl-C on `pixelrnn train`: the command says so and exits 130, its MLflow run ends KILLED (not
-left RUNNING), and `--resume` continues the run from its last checkpoint to FINISHED.
+left RUNNING), and `--resume` continues the run from its last checkpoint to FINISHED (the
+"interrupted" failure tag kept as `pixelrnn.previous_failure`).
 
 The driver is a real subprocess attached to the session cluster, interrupted with SIGINT as a
 terminal's Ctrl-C would (Ray Train's own handler then aborts the controller and exits).
@@ -50,7 +51,7 @@ def test_ctrl_c_ends_the_run_killed_and_resume_finishes_it(ray_cluster, tmp_path
 
     client = MlflowClient(tracking_uri=f"sqlite:///{work}/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("t").experiment_id])
-    assert run.info.status == "KILLED"
+    assert run.info.status == "KILLED" and run.data.tags["pixelrnn.failure"] == "interrupted"
 
     done = int(latest_checkpoint(run_dir).removeprefix("epoch_")[:4])  # epochs kept
     resumed = subprocess.run(
@@ -59,4 +60,6 @@ def test_ctrl_c_ends_the_run_killed_and_resume_finishes_it(ray_cluster, tmp_path
     )  # fmt: skip
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
     assert f"resumed from epoch {done}" in resumed.stdout + resumed.stderr
-    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    finished = client.get_run(run.info.run_id)
+    assert finished.info.status == "FINISHED" and "pixelrnn.failure" not in finished.data.tags
+    assert finished.data.tags["pixelrnn.previous_failure"] == "interrupted"

@@ -62,6 +62,11 @@ def test_run_logs_params_tags_metrics_artifacts_and_status(tmp_path, monkeypatch
 
     reopened = tracking.reopen_run(tracker.tracking_uri, tracker.run_id)
     assert reopened.status() == "RUNNING"
+    assert reopened.tag("pixelrnn.failure") == ""  # the resumed segment has not failed
+    assert reopened.tag("pixelrnn.previous_failure") == "diverged"
+    reopened.finish("FINISHED")
+    again = tracker.client.get_run(tracker.run_id)
+    assert again.info.status == "FINISHED" and "pixelrnn.failure" not in again.data.tags
 
 
 def test_sample_grid_png(tmp_path):
