@@ -234,7 +234,7 @@ def settle_stopped_trials(record: SweepRecord) -> list[tracking.RunSummary]:
         message = _stop_to_restore(run.status, run.tags)
         if message is not None:
             tracking.RunTracker(record.tracking_uri, run.run_id).finish("KILLED", message)
-            tags = {**run.tags, "pixelrnn.failure": message}
+            tags = {**run.tags, tracking.FAILURE_TAG: message}
             trials[index] = dataclasses.replace(run, status="KILLED", tags=tags)
     return trials
 
@@ -260,7 +260,7 @@ def _stop_to_restore(status: str, tags: dict[str, str]) -> str | None:
     if tags.get(STOPPED_EARLY_TAG) != "true":
         return None
     message = tags.get("pixelrnn.stopped_message", "stopped by ASHA")
-    if status == "KILLED" and tags.get("pixelrnn.failure") == message:
+    if status == "KILLED" and tags.get(tracking.FAILURE_TAG) == message:
         return None
     return message
 

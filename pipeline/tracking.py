@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlruns"
+FAILURE_TAG = "pixelrnn.failure"  # why a run ended FAILED or KILLED
+PREVIOUS_FAILURE_TAG = "pixelrnn.previous_failure"  # the same, of a segment a --resume continued
 
 
 def resolve_tracking_uri(cfg: TrackingConfig, cwd: str | Path | None = None) -> str:
@@ -187,17 +189,21 @@ class RunTracker:
         self.client.log_batch(self.run_id, metrics=entries)
 
     def log_params(self, params: dict[str, Any]) -> None:
-        """Log params in batches of MLflow's limit (100)."""
+        """Log params."""
         from mlflow.entities import Param
 
-        items = [Param(key, str(value)) for key, value in params.items()]
-        for start in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[start : start + 100])
+        self._log_batches("params", [Param(key, str(value)) for key, value in params.items()])
 
     def set_tags(self, tags: dict[str, str]) -> None:
         """Set tags (overwriting earlier values)."""
-        for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, value)
+        from mlflow.entities import RunTag
+
+        self._log_batches("tags", [RunTag(key, str(value)) for key, value in tags.items()])
+
+    def _log_batches(self, kind: str, items: list) -> None:
+        """`log_batch` of params or tags (`kind`), 100 a request: MLflow's limit."""
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, **{kind: items[start : start + 100]})
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Copy one file into the run's artifacts."""
@@ -236,7 +242,7 @@ class RunTracker:
     def finish(self, status: str, message: str = "") -> None:
         """End the run as FINISHED, FAILED or KILLED; a failure message becomes a tag."""
         if message:
-            self.client.set_tag(self.run_id, "pixelrnn.failure", message[:5000])
+            self.client.set_tag(self.run_id, FAILURE_TAG, message[:5000])
         self.client.set_terminated(self.run_id, status=status)
 
     def status(self) -> str:
@@ -290,17 +296,18 @@ def start_run(
 def reopen_run(tracking_uri: str, run_id: str) -> RunTracker:
     """Continue an existing run (after `--resume`): it is marked RUNNING again.
 
-    The failure message of the segment that stopped (`pixelrnn.failure`, e.g. "interrupted")
-    moves to `pixelrnn.previous_failure`, so that a resumed run that then finishes does not
-    show as failed; a new failure sets `pixelrnn.failure` again.
+    The failure message of the segment that stopped (FAILURE_TAG, e.g. "interrupted") moves
+    to PREVIOUS_FAILURE_TAG, so that a resumed run that then finishes does not show as failed;
+    a new failure sets FAILURE_TAG again.
     """
     tracker = RunTracker(tracking_uri, run_id)
-    failure = tracker.tag("pixelrnn.failure")
+    failure = tracker.tag(FAILURE_TAG)
     tracker.client.update_run(run_id, status="RUNNING")
-    tracker.set_tags({"pixelrnn.resumed": "true"})
+    tags = {"pixelrnn.resumed": "true"}
     if failure:
-        tracker.set_tags({"pixelrnn.previous_failure": failure})
-        tracker.client.delete_tag(run_id, "pixelrnn.failure")
+        tags[PREVIOUS_FAILURE_TAG] = failure
+        tracker.client.delete_tag(run_id, FAILURE_TAG)
+    tracker.set_tags(tags)
     logger.info("continuing MLflow run %s in %s", run_id, tracking_uri)
     return tracker
 
